@@ -1,0 +1,93 @@
+"""The typed sections of a run config. Flat YAML keys map onto these fields by name."""
+
+from dataclasses import dataclass
+from typing import Literal
+
+from tuneforge.config.fields import field
+
+STAGES = ("pt", "sft", "rm", "ppo", "dpo", "kto")
+
+
+@dataclass
+class ModelSection:
+    """Which model and tokenizer to load, and how."""
+
+    model_name_or_path: str = field("smollm2-135m-instruct", help="HF folder, .gguf file, alias, or a hub id already in the local cache.")
+    adapter_name_or_path: str | None = field(None, help="A saved LoRA adapter folder to continue training from.")
+    trust_remote_code: bool = field(False, help="Run model code shipped with the checkpoint; only for models you trust.")
+    torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+        "auto", help="Weight dtype. auto: float32 on CPU (bf16 is slower without native support), bf16/fp16 on GPU per the bf16/fp16 flags.")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = field(
+        "sdpa", help="Attention kernel; sdpa is fastest on CPU.")
+    cache_dir: str | None = field(None, help="Where converted GGUF models and tokenized datasets are cached (default ~/.cache/tuneforge).")
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.model_name_or_path:
+            problems.append("model_name_or_path is empty; give a model folder, a .gguf file or `smollm2-135m-instruct`")
+        return problems
+
+
+@dataclass
+class DataSection:
+    """Which datasets to use and how to turn them into training rows."""
+
+    dataset: list[str] = field([], help="Dataset names from dataset_info.json, or file paths, comma-separated.")
+    dataset_dir: str = field("data", help="Folder holding dataset_info.json and the dataset files.")
+    eval_dataset: list[str] = field([], help="Datasets used only for evaluation.")
+    template: str = field("auto", help="Chat template: auto (the tokenizer's own), chatml, llama3 or alpaca.")
+    cutoff_len: int = field(2048, help="Maximum tokens per example; longer ones are truncated.")
+    max_samples: int | None = field(None, help="Use at most this many rows of each dataset.")
+    val_size: float = field(0.0, help="Held-out share (<1) or count (>=1) of the training rows for evaluation.")
+    train_on_prompt: bool = field(False, help="Also compute the loss on prompt tokens.")
+    mask_history: bool = field(False, help="Compute the loss on the last assistant turn only.")
+    packing: bool = field(False, help="Pack several examples into one row; positions restart and no token attends across examples.")
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = field("concat", help="How several datasets are mixed.")
+    interleave_probs: list[float] | None = field(None, help="Sampling probabilities per dataset for interleaving.")
+    strict: bool = field(False, help="Fail on the first malformed row instead of skipping and reporting them.")
+    overwrite_cache: bool = field(False, help="Re-tokenize even if a cached copy of the same data exists.")
+    preprocessing_num_workers: int | None = field(None, help="Processes used for tokenization.")
+    seed: int = field(42, help="Seed for shuffling, splitting and interleaving data (also the training seed).")
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.cutoff_len <= 0:
+            problems.append(f"cutoff_len must be > 0 (got {self.cutoff_len})")
+        if self.max_samples is not None and self.max_samples <= 0:
+            problems.append(f"max_samples must be > 0 (got {self.max_samples}); remove it to use every row")
+        if self.val_size < 0 or (self.val_size >= 1 and self.val_size != int(self.val_size)):
+            problems.append(f"val_size must be a share in [0, 1) or a whole number of rows (got {self.val_size})")
+        if self.interleave_probs is not None:
+            if self.mix_strategy == "concat":
+                problems.append("interleave_probs needs mix_strategy: interleave_under or interleave_over")
+            elif len(self.interleave_probs) != len(self.dataset):
+                problems.append(f"interleave_probs has {len(self.interleave_probs)} values for {len(self.dataset)} datasets; give one per dataset")
+            elif abs(sum(self.interleave_probs) - 1.0) > 1e-6 or min(self.interleave_probs) < 0:
+                problems.append(f"interleave_probs must be non-negative and sum to 1 (got {self.interleave_probs})")
+        return problems
+
+
+@dataclass
+class MethodSection:
+    """Which stage runs and which fine-tuning method decides the trainable parameters."""
+
+    stage: Literal[STAGES] = field("sft", help="Training stage: pt, sft, rm, ppo, dpo or kto.")  # type: ignore[valid-type]
+    finetuning_type: str = field("lora", help="Fine-tuning method: full, freeze or lora.")
+
+    def validate(self) -> list[str]:
+        return []
+
+
+@dataclass
+class OutputSection:
+    """Where the run writes, and what it keeps."""
+
+    output_dir: str = field("", help="Folder for checkpoints, the final adapter or model, logs and plots.")
+    overwrite_output_dir: bool = field(False, help="Allow writing into a folder that holds a finished run.")
+    resume_from_checkpoint: str | None = field(None, help="A checkpoint folder, or `auto` for the newest one in output_dir.")
+    plot_loss: bool = field(True, help="Save a loss-curve PNG in output_dir.")
+
+    def validate(self) -> list[str]:
+        if not self.output_dir:
+            return ["output_dir is missing; add `output_dir: saves/my-run` (or `output_dir=saves/my-run` on the command line)"]
+        return []

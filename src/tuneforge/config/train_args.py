@@ -1,0 +1,108 @@
+"""The `train` section: any `transformers.TrainingArguments` name, typed and checked against that class."""
+
+import dataclasses
+import enum
+import typing
+from typing import Any, get_args, get_origin
+
+from tuneforge.config.errors import did_you_mean
+from tuneforge.config.fields import coerce
+
+# Keys we own elsewhere (output section) or set from other sections; users write them flat as usual.
+OWNED_ELSEWHERE = {"output_dir", "resume_from_checkpoint", "seed"}
+
+# Our defaults where the library's do not suit fine-tuning runs; every other default is the library's.
+DEFAULTS: dict[str, Any] = {
+    "logging_steps": 10,
+    "remove_unused_columns": False,  # our datasets hold exactly the model inputs
+    "dataloader_pin_memory": False,
+}
+
+
+@dataclasses.dataclass
+class TrainSection:
+    """Training hyperparameters: passed to `transformers.TrainingArguments` under the same names."""
+
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> list[str]:
+        return []
+
+    def get(self, name: str, default: Any = None) -> Any:
+        if name in self.args:
+            return self.args[name]
+        if name in DEFAULTS:
+            return DEFAULTS[name]
+        f = training_fields().get(name)
+        if f is not None and f.default is not dataclasses.MISSING:
+            return f.default
+        return default
+
+
+_FIELDS: dict[str, dataclasses.Field] | None = None
+
+
+def training_fields() -> dict[str, dataclasses.Field]:
+    """TrainingArguments' fields by name (imports transformers once)."""
+    global _FIELDS
+    if _FIELDS is None:
+        from transformers import TrainingArguments
+
+        hints = typing.get_type_hints(TrainingArguments)
+        _FIELDS = {}
+        for f in dataclasses.fields(TrainingArguments):
+            if f.init and f.name not in OWNED_ELSEWHERE:
+                f.type = hints.get(f.name, f.type)
+                _FIELDS[f.name] = f
+    return _FIELDS
+
+
+def _enum_in(tp: Any) -> type[enum.Enum] | None:
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return tp
+    for arg in get_args(tp) if get_origin(tp) is not None else ():
+        found = _enum_in(arg)
+        if found:
+            return found
+    return None
+
+
+def coerce_training_value(name: str, value: Any) -> Any:
+    """Check one TrainingArguments value against its annotation; ValueError names what is allowed."""
+    tp = training_fields()[name].type
+    choices = _enum_in(tp)
+    if choices is not None and isinstance(value, str):
+        allowed = [c.value for c in choices]
+        if value not in allowed:
+            shown = ", ".join(map(str, allowed[:10])) + (", ..." if len(allowed) > 10 else "")
+            raise ValueError(f"must be one of {shown} (got {value!r}){did_you_mean(value, allowed)}")
+        return value
+    if choices is not None:
+        return value
+    try:
+        return coerce(value, tp)
+    except (TypeError, ValueError) as e:
+        # Annotations such as `float` for logging_steps also accept ints; fall back to a plain number check.
+        if isinstance(e, ValueError):
+            raise
+        return value
+
+
+def build_training_arguments(cfg, check_only: bool = False):
+    """`transformers.TrainingArguments` from a RunConfig: our defaults, then the user's values.
+
+    Args:
+        cfg: the RunConfig.
+        check_only: build only to let the library validate combinations.
+    """
+    import torch
+    from transformers import TrainingArguments
+
+    kwargs = {**DEFAULTS, **cfg.train.args}
+    kwargs["output_dir"] = cfg.output.output_dir or "unset"
+    kwargs["seed"] = cfg.data.seed
+    # Real (non-padding) tokens: packed rows hold no padding, padded rows carry an attention mask.
+    kwargs.setdefault("include_num_input_tokens_seen", "all" if cfg.data.packing else "non_padding")
+    if not torch.cuda.is_available():
+        kwargs.setdefault("use_cpu", True)
+    return TrainingArguments(**kwargs)

@@ -1,0 +1,96 @@
+"""The data pipeline: registry -> loader -> format converter -> mix/split -> template encoding (cached)."""
+
+import logging
+
+from tuneforge.data import cache, registry
+from tuneforge.data.errors import DataError
+from tuneforge.data.formats import to_messages
+from tuneforge.data.loaders import load_rows
+from tuneforge.data.templates import IGNORE_INDEX, encode
+
+log = logging.getLogger(__name__)
+
+
+def load_conversations(data_cfg):
+    """Every training dataset as `messages` rows, mixed; bad rows reported. Needs no tokenizer.
+
+    Returns (Dataset, stats) where stats has per-dataset row counts and skipped rows.
+    """
+    from datasets import concatenate_datasets, interleave_datasets
+
+    attrs = registry.resolve(data_cfg.dataset, data_cfg.dataset_dir)
+    parts, stats = [], {}
+    for attr in attrs:
+        ds = load_rows(attr)
+        if data_cfg.max_samples is not None:
+            ds = ds.select(range(min(data_cfg.max_samples, len(ds))))
+        converted, st = to_messages(ds, attr, data_cfg.strict, log)
+        parts.append(converted)
+        stats[attr.name] = st
+    if len(parts) == 1:
+        mixed = parts[0]
+    elif data_cfg.mix_strategy == "concat":
+        mixed = concatenate_datasets(parts)
+    else:
+        stopping = "first_exhausted" if data_cfg.mix_strategy == "interleave_under" else "all_exhausted"
+        mixed = interleave_datasets(parts, probabilities=data_cfg.interleave_probs, seed=data_cfg.seed, stopping_strategy=stopping)
+    return mixed, stats
+
+
+def split(ds, val_size: float, seed: int) -> dict:
+    """{"train": ..., "eval": ...} with a seeded held-out part when val_size is set."""
+    if not val_size:
+        return {"train": ds}
+    n = int(val_size) if val_size >= 1 else val_size
+    if (n if isinstance(n, int) else round(n * len(ds))) >= len(ds) or len(ds) < 2:
+        raise DataError(f"val_size {val_size} leaves no training rows out of {len(ds)}; lower val_size")
+    parts = ds.train_test_split(test_size=n, seed=seed, shuffle=True)
+    return {"train": parts["train"], "eval": parts["test"]}
+
+
+def tokenize(ds, tokenizer, data_cfg):
+    """Encode `messages` rows to input_ids/labels; drop rows left with no supervised token."""
+
+    def fn(row):
+        ids, labels = encode(tokenizer, row["messages"], data_cfg.cutoff_len, data_cfg.train_on_prompt, data_cfg.mask_history)
+        return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
+
+    out = ds.map(fn, remove_columns=ds.column_names, num_proc=data_cfg.preprocessing_num_workers, desc="tokenizing")
+    before = len(out)
+    out = out.filter(lambda r: any(x != IGNORE_INDEX for x in r["labels"]), desc="dropping rows with no supervised token")
+    if len(out) == 0:
+        raise DataError(f"no example keeps a supervised token within cutoff_len {data_cfg.cutoff_len}; raise cutoff_len")
+    if len(out) < before:
+        log.warning("%d of %d examples have no supervised token within cutoff_len %d and were dropped",
+                    before - len(out), before, data_cfg.cutoff_len)
+    return out
+
+
+def build(data_cfg, tokenizer, cache_dir: str | None = None, conversations=None):
+    """Tokenized {"train", "eval"?} datasets for SFT, from the cache when nothing changed.
+
+    Args:
+        data_cfg: the DataSection.
+        tokenizer: with its chat template already set.
+        cache_dir: cache root (default ~/.cache/tuneforge).
+        conversations: the result of `load_conversations`, if already computed.
+    """
+    from datasets import DatasetDict
+
+    attrs = registry.resolve(data_cfg.dataset, data_cfg.dataset_dir)
+    settings = {k: getattr(data_cfg, k) for k in ("dataset", "template", "cutoff_len", "max_samples", "val_size", "train_on_prompt",
+                                                  "mask_history", "mix_strategy", "interleave_probs", "seed", "strict")}
+    root = cache.cache_root(cache_dir)
+    k = cache.key(attrs, tokenizer, settings)
+    if not data_cfg.overwrite_cache:
+        hit = cache.load(root, k)
+        if hit is not None:
+            log.info("tokenized data from cache %s", k)
+            return dict(hit[0]), hit[1]
+    ds, stats = conversations or load_conversations(data_cfg)
+    parts = {name: tokenize(part, tokenizer, data_cfg) for name, part in split(ds, data_cfg.val_size, data_cfg.seed).items()}
+    stats = {"datasets": stats, **{f"{n}_examples": len(p) for n, p in parts.items()},
+             "train_tokens": sum(len(x) for x in parts["train"]["input_ids"]),
+             "train_supervised_tokens": sum(sum(1 for t in x if t != IGNORE_INDEX) for x in parts["train"]["labels"])}
+    cache.save(root, k, DatasetDict(parts), stats)
+    return parts, stats

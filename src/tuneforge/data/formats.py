@@ -1,0 +1,133 @@
+"""Format converters: alpaca, sharegpt (from/value or role/content, custom tags) and OpenAI `messages`
+rows become one shape: a list of {role, content} messages (system first, if any)."""
+
+from tuneforge.data.errors import DataError
+from tuneforge.data.registry import OPENAI_TAGS, SHAREGPT_TAGS, DatasetAttr
+
+
+def detect_format(attr: DatasetAttr, columns: list[str]) -> str:
+    """The format of an unregistered file, from its column names."""
+    if attr.formatting != "auto":
+        return attr.formatting
+    if "messages" in columns:
+        return "openai"
+    if "conversations" in columns:
+        return "sharegpt"
+    if "instruction" in columns or "output" in columns:
+        return "alpaca"
+    raise DataError(f"dataset `{attr.name}`: cannot tell its format from columns {columns}; register it in dataset_info.json "
+                    f"with `formatting` (alpaca, sharegpt or openai) and `columns`")
+
+
+def check_columns(attr: DatasetAttr, columns: list[str]) -> None:
+    """Fail early, naming the column, when the mapping points at a column the file lacks."""
+    required = ("prompt", "response") if attr.formatting == "alpaca" else ("messages",)
+    optional = ("query", "history", "system") if attr.formatting == "alpaca" else ("system",)
+    if attr.ranking:
+        raise DataError(f"dataset `{attr.name}` is a ranking (preference) dataset; it is for stages rm or dpo, not sft")
+    for key in required + optional:
+        col = attr.column(key)
+        if col and col not in columns and (key in required or attr.explicit(key)):
+            raise DataError(f"dataset `{attr.name}` has no column `{col}` (its `{key}` column); its columns are {columns}. "
+                            f"Fix `columns` for it in dataset_info.json")
+
+
+def _text(value) -> str:
+    return value.strip() if isinstance(value, str) else ("" if value is None else str(value).strip())
+
+
+def alpaca_to_messages(row: dict, attr: DatasetAttr) -> list[dict]:
+    """instruction (+ input) -> user, output -> assistant; history pairs come first; system column on top."""
+    prompt, query, response = (attr.column(k) for k in ("prompt", "query", "response"))
+    user = "\n".join(t for t in (_text(row.get(prompt)), _text(row.get(query)) if query else "") if t)
+    if not user:
+        raise ValueError(f"`{prompt}`" + (f" and `{query}` are" if query and query in row else " is") + " empty")
+    answer = _text(row.get(response))
+    if not answer:
+        raise ValueError(f"`{response}` is empty")
+    messages = []
+    system = _text(row.get(attr.column("system"))) if attr.column("system") else ""
+    if system:
+        messages.append({"role": "system", "content": system})
+    history = row.get(attr.column("history")) if attr.column("history") else None
+    for i, turn in enumerate(history or []):
+        if not isinstance(turn, (list, tuple)) or len(turn) != 2 or not _text(turn[0]) or not _text(turn[1]):
+            raise ValueError(f"`{attr.column('history')}` entry {i} must be a [question, answer] pair of non-empty strings")
+        messages += [{"role": "user", "content": _text(turn[0])}, {"role": "assistant", "content": _text(turn[1])}]
+    return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+
+
+def _tags(attr: DatasetAttr, first: dict) -> dict:
+    if attr.tags_given:
+        return {**SHAREGPT_TAGS, **attr.tags}
+    if attr.formatting == "openai" or ("role" in first and "content" in first):
+        return OPENAI_TAGS
+    return SHAREGPT_TAGS
+
+
+def sharegpt_to_messages(row: dict, attr: DatasetAttr) -> list[dict]:
+    """A conversation list in any tag naming -> messages; turns must alternate and end with the assistant."""
+    col = attr.column("messages")
+    convo = row.get(col)
+    if not isinstance(convo, list) or not convo:
+        raise ValueError(f"`{col}` is empty or not a list of messages")
+    if not all(isinstance(m, dict) for m in convo):
+        raise ValueError(f"`{col}` must hold message objects")
+    tags = _tags(attr, convo[0])
+    roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["observation_tag"]: "tool",
+             tags["function_tag"]: "assistant", tags["system_tag"]: "system"}
+    messages = []
+    system = _text(row.get(attr.column("system"))) if attr.column("system") else ""
+    for i, m in enumerate(convo):
+        tag = m.get(tags["role_tag"])
+        if tag not in roles:
+            raise ValueError(f"message {i} has `{tags['role_tag']}` = {tag!r}; expected one of {sorted(k for k in roles if k)}")
+        content = _text(m.get(tags["content_tag"]))
+        if not content:
+            raise ValueError(f"message {i} has an empty `{tags['content_tag']}`")
+        role = roles[tag]
+        if role == "system":
+            if i != 0:
+                raise ValueError(f"message {i} is a system message; only the first message may be one")
+            system = system or content
+            continue
+        want = ("assistant",) if len(messages) % 2 else ("user", "tool")
+        if role not in want:
+            raise ValueError(f"message {i} is `{tag}` where a {' or '.join(want)} turn was expected; turns must alternate")
+        messages.append({"role": role, "content": content})
+    if not messages or messages[-1]["role"] != "assistant":
+        raise ValueError("the conversation does not end with an assistant turn")
+    return ([{"role": "system", "content": system}] if system else []) + messages
+
+
+CONVERTERS = {"alpaca": alpaca_to_messages, "sharegpt": sharegpt_to_messages, "openai": sharegpt_to_messages}
+
+
+def to_messages(ds, attr: DatasetAttr, strict: bool, log):
+    """Convert every row; skip and report malformed ones (or fail on the first with `strict`).
+
+    Returns (Dataset with one column `messages`, stats dict).
+
+    Raises:
+        DataError: naming the dataset, row and field, when `strict` is set or no row is usable.
+    """
+    attr.formatting = detect_format(attr, ds.column_names)
+    check_columns(attr, ds.column_names)
+    convert = CONVERTERS[attr.formatting]
+    rows, bad, first_bad = [], 0, None
+    for i, row in enumerate(ds):
+        try:
+            rows.append(convert(row, attr))
+        except ValueError as e:
+            bad += 1
+            first_bad = first_bad or f"row {i}: {e}"
+            if strict:
+                raise DataError(f"dataset `{attr.name}` {first_bad} (strict: true stops at the first bad row; "
+                                f"fix the row or drop strict to skip bad rows)") from None
+    if not rows:
+        raise DataError(f"dataset `{attr.name}`: none of its {len(ds)} rows is usable; first problem: {first_bad}")
+    if bad:
+        log.warning("dataset `%s`: skipped %d of %d rows with missing or empty fields; first: %s", attr.name, bad, len(ds), first_bad)
+    from datasets import Dataset
+
+    return Dataset.from_dict({"messages": rows}), {"rows": len(ds), "skipped": bad, "first_skipped": first_bad}

@@ -1,0 +1,65 @@
+"""GGUF -> Hugging Face folder, converted once (dequantized to fp32 safetensors) and cached."""
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+
+from tuneforge.models.aliases import ModelSource
+
+log = logging.getLogger(__name__)
+
+
+def cached_folder(source: ModelSource, cache_root: str) -> str:
+    """Where the conversion of this exact GGUF file (path, size, mtime) lives."""
+    st = os.stat(source.path)
+    digest = hashlib.sha256(f"{source.path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    stem = os.path.splitext(source.gguf_file)[0]
+    return os.path.join(cache_root, "gguf", f"{stem}-{digest}")
+
+
+def convert(source: ModelSource, cache_root: str) -> str:
+    """Return a plain HF folder for a GGUF source, converting it on first use.
+
+    The folder is written to a temporary name and renamed when complete, so an interrupted
+    conversion never leaves a half-written cache.
+    """
+    folder = cached_folder(source, cache_root)
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        return folder
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.time()
+    log.info("converting %s to a Hugging Face folder (once; cached in %s)", source.gguf_file, folder)
+    tok = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(source.folder, gguf_file=source.gguf_file, dtype=torch.float32)
+    # transformers marks GGUF-loaded models as quantized and refuses to save them; the weights are
+    # already dequantized, so rebuild a plain model from the config and load the state dict.
+    cfg = model.config
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(cfg, attr):
+            delattr(cfg, attr)
+    state = {k: v.to(torch.float32) for k, v in model.state_dict().items()}
+    del model
+    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and getattr(cfg, "tie_word_embeddings", False))]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion of {source.path} lost weights: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    plain.tie_weights()
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(folder), prefix=".tmp-")
+    try:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if os.path.exists(folder):
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("converted in %.1f s", time.time() - t0)
+    return folder

@@ -1,0 +1,57 @@
+"""Load the tokenizer and model a RunConfig names: folder, GGUF (via the conversion cache) or alias."""
+
+import logging
+
+from tuneforge import TuneforgeError
+from tuneforge.models import aliases, gguf
+
+log = logging.getLogger(__name__)
+
+
+def local_folder(model_cfg, cache_root: str) -> str:
+    """A local HF folder for `model_name_or_path`, converting a GGUF file once if needed."""
+    source = aliases.resolve(model_cfg.model_name_or_path)
+    return gguf.convert(source, cache_root) if source.gguf_file else source.path
+
+
+def resolve_dtype(model_cfg, train_args: dict):
+    """auto: fp32 on CPU (no native bf16 there, measured ~3x slower); on GPU the bf16/fp16 flag's dtype."""
+    import torch
+
+    if model_cfg.torch_dtype != "auto":
+        return getattr(torch, model_cfg.torch_dtype)
+    if torch.cuda.is_available():
+        if train_args.get("bf16"):
+            return torch.bfloat16
+        if train_args.get("fp16"):
+            return torch.float16
+    return torch.float32
+
+
+def load_tokenizer(folder: str, model_cfg):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=model_cfg.trust_remote_code)
+    if not getattr(tok, "is_fast", False):
+        raise TuneforgeError(f"the tokenizer of `{model_cfg.model_name_or_path}` has no fast (Rust) version; tuneforge needs one for loss masks")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+        log.info("tokenizer has no pad token; using eos `%s` (padding is masked out of the loss)", tok.eos_token)
+    return tok
+
+
+def load_model(folder: str, model_cfg, dtype):
+    """AutoModelForCausalLM from a local folder with the configured dtype and attention kernel."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=model_cfg.attn_implementation,
+                                                     trust_remote_code=model_cfg.trust_remote_code)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise TuneforgeError(f"`{model_cfg.model_name_or_path}` ships its own model code; set trust_remote_code: true if you trust it") from None
+        if "attn_implementation" in str(e) or "attention" in str(e).lower():
+            raise TuneforgeError(f"attn_implementation `{model_cfg.attn_implementation}` is not available here: {str(e).splitlines()[0]}; use sdpa") from None
+        raise
+    model.config.use_cache = False  # no KV cache while training
+    return model

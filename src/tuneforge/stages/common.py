@@ -1,0 +1,83 @@
+"""Pieces every stage shares: load tokenizer and model, build the Trainer, save artifacts."""
+
+import logging
+import os
+
+from tuneforge import methods, models
+from tuneforge.config.train_args import build_training_arguments
+from tuneforge.data import apply_template
+from tuneforge.data.cache import cache_root
+from tuneforge.models.arch import count_parameters
+from tuneforge.train import artifacts
+from tuneforge.train.callbacks import JsonlLogger, TokenCounter
+from tuneforge.train.procstats import peak_rss_gib, seconds_since_process_start
+
+log = logging.getLogger(__name__)
+
+
+def load_tokenizer(cfg):
+    """(local model folder, tokenizer with the configured chat template)."""
+    folder = models.local_folder(cfg.model, cache_root(cfg.model.cache_dir))
+    tokenizer = models.load_tokenizer(folder, cfg.model)
+    apply_template(tokenizer, cfg.data.template, log)
+    return folder, tokenizer
+
+
+def load_model(cfg, folder):
+    """The model with the method applied (which parameters train)."""
+    model = models.load_model(folder, cfg.model, models.resolve_dtype(cfg.model, cfg.train.args))
+    model = methods.get(cfg.method.finetuning_type).apply(model, cfg)
+    trainable, total = count_parameters(model)
+    log.info("method %s: %s trainable of %s parameters (%.3f%%)", cfg.method.finetuning_type, f"{trainable:,}", f"{total:,}",
+             100 * trainable / max(total, 1))
+    return model
+
+
+def build_trainer(cfg, model, tokenizer, datasets: dict, collator, trainer_cls=None):
+    """A Hugging Face Trainer with the method's optimizer groups and callbacks plus our log callbacks."""
+    from transformers import Trainer
+
+    args = build_training_arguments(cfg)
+    if args.gradient_checkpointing and args.gradient_checkpointing_kwargs is None:
+        args.gradient_checkpointing_kwargs = {"use_reentrant": False}  # gradients reach adapters on a frozen base
+    method = methods.get(cfg.method.finetuning_type)
+    optimizers = (None, None)
+    groups = method.param_groups(model, cfg)
+    if groups is not None:
+        opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+        optimizers = (opt_cls(groups, **opt_kwargs), None)
+    counter = TokenCounter()
+    trainer = (trainer_cls or Trainer)(
+        model=model, args=args, train_dataset=datasets["train"], eval_dataset=datasets.get("eval"),
+        processing_class=tokenizer, data_collator=collator, optimizers=optimizers,
+        callbacks=[JsonlLogger(cfg.output.output_dir), counter, *method.callbacks(cfg)],
+    )
+    trainer.token_counter = counter
+    return trainer
+
+
+def train_and_save(cfg, trainer, resume: str | None, extra_metrics: dict) -> dict:
+    """Train, evaluate if there is held-out data, then write model, tokenizer, config, plot and all_results.json (last)."""
+    out = cfg.output.output_dir
+    artifacts.save_config(cfg, out)
+    result = trainer.train(resume_from_checkpoint=resume)
+    metrics = dict(result.metrics)
+    counter = trainer.token_counter
+    tokens = trainer.state.num_input_tokens_seen - counter.tokens_at_start
+    metrics["train_tokens"] = tokens
+    metrics["train_tokens_per_second"] = round(tokens / max(metrics.get("train_runtime", 0.0), 1e-9), 2)
+    if trainer.eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+    trainer.save_model(out)  # adapter or model (safetensors) and the tokenizer with its chat template
+    trainer.save_state()
+    trainable, total = count_parameters(trainer.model)
+    up = seconds_since_process_start()
+    metrics.update({"trainable_params": trainable, "total_params": total, "peak_rss_gib": round(peak_rss_gib(), 3),
+                    "first_step_s": round(counter.first_step_time, 2) if counter.first_step_time is not None else None,
+                    "process_wall_s": round(up, 1) if up is not None else None, **extra_metrics})
+    if cfg.output.plot_loss and trainer.is_world_process_zero():
+        artifacts.plot_loss(out)
+    if trainer.is_world_process_zero():
+        artifacts.save_results(out, metrics)
+    log.info("saved to %s", os.path.abspath(out))
+    return metrics
