@@ -69,6 +69,11 @@ def coerce(value: Any, tp: Any) -> Any:
             raise ValueError(f"must be an integer (got {value!r})")
         return int(value)
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"must be a number (got {value!r})")
         return float(value)

@@ -71,6 +71,8 @@ def coerce_training_value(name: str, value: Any) -> Any:
     """Check one TrainingArguments value against its annotation; ValueError names what is allowed."""
     tp = training_fields()[name].type
     choices = _enum_in(tp)
+    if choices is not None and value is False and "no" in [c.value for c in choices]:
+        value = "no"  # YAML 1.1 reads an unquoted `no` as false
     if choices is not None and isinstance(value, str):
         allowed = [c.value for c in choices]
         if value not in allowed:
@@ -78,7 +80,7 @@ def coerce_training_value(name: str, value: Any) -> Any:
             raise ValueError(f"must be one of {shown} (got {value!r}){did_you_mean(value, allowed)}")
         return value
     if choices is not None:
-        return value
+        raise ValueError(f"must be one of {', '.join(str(c.value) for c in list(choices)[:10])} (got {value!r})")
     try:
         return coerce(value, tp)
     except (TypeError, ValueError) as e:
