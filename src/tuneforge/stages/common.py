@@ -74,6 +74,8 @@ def train_and_save(cfg, trainer, resume: str | None, extra_metrics: dict) -> dic
     up = seconds_since_process_start()
     metrics.update({"trainable_params": trainable, "total_params": total, "peak_rss_gib": round(peak_rss_gib(), 3),
                     "first_step_s": round(counter.first_step_time, 2) if counter.first_step_time is not None else None,
+                    "first_step_since_process_start_s": (round(counter.first_step_since_process_start, 2)
+                                                         if counter.first_step_since_process_start is not None else None),
                     "process_wall_s": round(up, 1) if up is not None else None, **extra_metrics})
     if cfg.output.plot_loss and trainer.is_world_process_zero():
         artifacts.plot_loss(out)

@@ -6,6 +6,8 @@ import time
 
 from transformers import TrainerCallback
 
+from tuneforge.train.procstats import seconds_since_process_start
+
 LOG_FILE = "trainer_log.jsonl"
 
 
@@ -37,6 +39,7 @@ class TokenCounter(TrainerCallback):
     def __init__(self):
         self.tokens_at_start = 0
         self.first_step_time = None
+        self.first_step_since_process_start = None
         self.start = None
 
     def on_train_begin(self, args, state, control, **kw):
@@ -46,3 +49,4 @@ class TokenCounter(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         if self.first_step_time is None:
             self.first_step_time = time.time() - self.start
+            self.first_step_since_process_start = seconds_since_process_start()
