@@ -7,6 +7,10 @@ import sys
 
 
 def _setup_logging() -> None:
+    import warnings
+
+    # peft calls a transformers alias deprecated in v5; nothing for a user to act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s|%(name)s] %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
