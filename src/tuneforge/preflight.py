@@ -38,3 +38,21 @@ def _check_adapter(path: str) -> None:
 
     if not os.path.isfile(os.path.join(path, "adapter_config.json")):
         raise TuneforgeError(f"adapter_name_or_path `{path}` has no adapter_config.json; point it at a saved LoRA adapter folder")
+
+
+def check_model(cfg) -> None:
+    """For chat, api and export: the model and adapter paths exist (nothing is loaded)."""
+    from tuneforge.models import aliases
+
+    problems = []
+    try:
+        aliases.resolve(cfg.model.model_name_or_path)
+    except TuneforgeError as e:
+        problems.append(str(e))
+    if cfg.model.adapter_name_or_path:
+        try:
+            _check_adapter(cfg.model.adapter_name_or_path)
+        except TuneforgeError as e:
+            problems.append(str(e))
+    if problems:
+        raise ConfigError(problems)

@@ -12,13 +12,14 @@ from tuneforge.config import compat
 from tuneforge.config.errors import ConfigError, did_you_mean
 from tuneforge.config.fields import coerce, section_fields
 from tuneforge.config.registry import METHOD_SECTIONS
-from tuneforge.config.schema import DataSection, MethodSection, ModelSection, OutputSection
+from tuneforge.config.schema import DataSection, ExportSection, GenerationSection, MethodSection, ModelSection, OutputSection
 from tuneforge.config.train_args import DEFAULTS as TRAIN_DEFAULTS
 from tuneforge.config.train_args import TrainSection, coerce_training_value, training_fields
 
 logger = logging.getLogger(__name__)
 
-BASE_SECTIONS = {"model": ModelSection, "data": DataSection, "method": MethodSection, "output": OutputSection}
+BASE_SECTIONS = {"model": ModelSection, "data": DataSection, "method": MethodSection, "output": OutputSection,
+                 "generation": GenerationSection, "export": ExportSection}
 
 
 @dataclass
@@ -29,6 +30,8 @@ class RunConfig:
     data: DataSection
     method: MethodSection
     output: OutputSection
+    generation: GenerationSection
+    export: ExportSection
     train: TrainSection
     methods: dict[str, Any]  # method name -> its section (e.g. "lora" -> LoraSection)
     ignored: list[str] = dataclasses.field(default_factory=list)  # LLaMA-Factory keys accepted but not acted on
@@ -95,8 +98,13 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def load(path: str | None = None, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
+def load(path: str | None = None, overrides: list[str] | dict[str, Any] | None = None, purpose: str = "train") -> RunConfig:
     """Build a validated RunConfig from an optional YAML file and overrides. Nothing heavy is loaded.
+
+    Args:
+        path: a YAML file, or None.
+        overrides: `key=value` strings or a dict, applied over the file.
+        purpose: `train` (needs output_dir), `export` (needs export_dir) or `infer` (needs neither).
 
     Raises:
         ConfigError: listing every unknown key (with a did-you-mean), wrong type and invalid value.
@@ -106,10 +114,10 @@ def load(path: str | None = None, overrides: list[str] | dict[str, Any] | None =
         flat.update(overrides)
     elif overrides:
         flat.update(parse_overrides(overrides))
-    return from_flat(flat)
+    return from_flat(flat, purpose)
 
 
-def from_flat(flat: dict[str, Any]) -> RunConfig:
+def from_flat(flat: dict[str, Any], purpose: str = "train") -> RunConfig:
     """Group flat keys into sections, coerce types and validate; raise one ConfigError listing every problem."""
     _ensure_methods_registered()
     owners = _key_owners()
@@ -149,11 +157,11 @@ def from_flat(flat: dict[str, Any]) -> RunConfig:
 
     cfg = RunConfig(
         model=sections["model"], data=sections["data"], method=sections["method"], output=sections["output"],
-        train=TrainSection(train_args), methods={n: sections[n] for n in METHOD_SECTIONS}, ignored=sorted(set(ignored)),
+        generation=sections["generation"], export=sections["export"], train=TrainSection(train_args), methods={n: sections[n] for n in METHOD_SECTIONS}, ignored=sorted(set(ignored)),
     )
     if problems:  # type problems make range checks meaningless; report them first
         raise ConfigError(problems)
-    problems += _validate(cfg, set(flat))
+    problems += _validate(cfg, set(flat), purpose)
     if problems:
         raise ConfigError(problems)
     if cfg.ignored:
@@ -161,10 +169,14 @@ def from_flat(flat: dict[str, Any]) -> RunConfig:
     return cfg
 
 
-def _validate(cfg: RunConfig, given: set[str]) -> list[str]:
+def _validate(cfg: RunConfig, given: set[str], purpose: str) -> list[str]:
     problems: list[str] = []
-    for section in (cfg.model, cfg.data, cfg.method, cfg.output):
+    for section in (cfg.model, cfg.data, cfg.method, cfg.generation, cfg.export):
         problems += section.validate()
+    if purpose == "train":
+        problems += cfg.output.validate()
+    if purpose == "export" and not cfg.export.export_dir:
+        problems.append("export_dir is missing; add `export_dir: exports/my-model` (or `export_dir=...` on the command line)")
     method = cfg.method.finetuning_type
     if method not in METHOD_SECTIONS:
         problems.append(f"finetuning_type `{method}` is not available{did_you_mean(method, METHOD_SECTIONS)}; "
@@ -175,6 +187,8 @@ def _validate(cfg: RunConfig, given: set[str]) -> list[str]:
             stray = sorted(set(section_fields(type(section))) & given) if other != method else []
             if stray:
                 logger.warning("%s only apply to finetuning_type `%s` and are ignored with `%s`", ", ".join(stray), other, method)
+    if purpose != "train":
+        return problems
     if cfg.model.adapter_name_or_path and method != "lora":
         problems.append(f"adapter_name_or_path needs finetuning_type: lora (got `{method}`); merge the adapter first or switch to lora")
     args = cfg.train.args

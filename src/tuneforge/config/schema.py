@@ -91,3 +91,43 @@ class OutputSection:
         if not self.output_dir:
             return ["output_dir is missing; add `output_dir: saves/my-run` (or `output_dir=saves/my-run` on the command line)"]
         return []
+
+
+@dataclass
+class GenerationSection:
+    """Decoding settings for chat, the API server and the demo (LLaMA-Factory's names)."""
+
+    temperature: float = field(0.7, help="Sampling temperature; 0 means greedy decoding.")
+    top_p: float = field(0.9, help="Nucleus sampling: keep the smallest token set with this much probability.")
+    top_k: int = field(50, help="Sample only among the k most likely tokens (0: no limit).")
+    max_new_tokens: int = field(512, help="Most tokens generated per reply.")
+    repetition_penalty: float = field(1.0, help="Above 1 discourages repeating tokens.")
+    default_system: str | None = field(None, help="System prompt used when a conversation has none.")
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.temperature < 0:
+            problems.append(f"temperature must be >= 0 (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1] (got {self.top_p})")
+        if self.top_k < 0:
+            problems.append(f"top_k must be >= 0 (got {self.top_k})")
+        if self.max_new_tokens <= 0:
+            problems.append(f"max_new_tokens must be > 0 (got {self.max_new_tokens})")
+        if self.repetition_penalty <= 0:
+            problems.append(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
+        return problems
+
+
+@dataclass
+class ExportSection:
+    """Merging an adapter into its base and saving a standalone model folder."""
+
+    export_dir: str = field("", help="Folder for the merged model (safetensors, tokenizer, chat template).")
+    export_size: float = field(5.0, help="Largest safetensors shard, in GB.")
+    export_dtype: Literal["float32", "bfloat16", "float16"] = field("bfloat16", help="Weight dtype of the exported model.")
+    export_ollama: bool = field(False, help="Also write an Ollama Modelfile built from the chat template.")
+    export_overwrite: bool = field(False, help="Replace an existing, non-empty export_dir.")
+
+    def validate(self) -> list[str]:
+        return [f"export_size must be > 0 GB (got {self.export_size})"] if self.export_size <= 0 else []

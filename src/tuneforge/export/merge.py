@@ -1,0 +1,66 @@
+"""Merge LoRA/DoRA adapters into the base weights (in fp32, then cast) and save sharded safetensors."""
+
+import logging
+import os
+import shutil
+import tempfile
+
+from tuneforge import TuneforgeError
+
+log = logging.getLogger(__name__)
+
+
+def merge_adapter(model_name_or_path: str, adapter_name_or_path: str | None, cache_dir: str | None = None,
+                  template: str = "auto"):
+    """(merged model in fp32, tokenizer with the adapter's saved template). Without an adapter, the base itself.
+
+    The base is loaded in full precision (a QLoRA adapter is merged into dequantized weights), so the merge
+    adds BA exactly once in fp32; casting to the export dtype happens afterwards.
+    """
+    from tuneforge.infer.generate import load_for_inference
+
+    model, tokenizer = load_for_inference(model_name_or_path, adapter_name_or_path, cache_dir, template)
+    if adapter_name_or_path:
+        model = model.merge_and_unload()
+    return model, tokenizer
+
+
+def _check_target(export_dir: str, overwrite: bool) -> None:
+    if os.path.isfile(export_dir):
+        raise TuneforgeError(f"export_dir `{export_dir}` is a file; choose a folder")
+    if os.path.isdir(export_dir) and os.listdir(export_dir) and not overwrite:
+        raise TuneforgeError(f"export_dir `{export_dir}` is not empty; choose a new export_dir, or set export_overwrite: true to replace it")
+
+
+def export_model(cfg) -> str:
+    """Merge and save to `export_dir`: safetensors shards of at most `export_size` GB in `export_dtype`, the
+    tokenizer with its chat template, and (with `export_ollama`) a Modelfile. Written to a temporary folder
+    and moved into place at the end, so a failed export leaves nothing half-written.
+    """
+    import torch
+
+    exp = cfg.export
+    _check_target(exp.export_dir, exp.export_overwrite)
+    model, tokenizer = merge_adapter(cfg.model.model_name_or_path, cfg.model.adapter_name_or_path, cfg.model.cache_dir,
+                                     cfg.data.template)
+    model = model.to(getattr(torch, exp.export_dtype))
+    model.config.use_cache = True
+    parent = os.path.dirname(os.path.abspath(exp.export_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".export-")
+    try:
+        model.save_pretrained(tmp, max_shard_size=f"{int(exp.export_size * 1000)}MB")
+        tokenizer.save_pretrained(tmp)
+        if exp.export_ollama:
+            from tuneforge.export.modelfile import ollama_modelfile
+
+            with open(os.path.join(tmp, "Modelfile"), "w", encoding="utf-8") as fh:
+                fh.write(ollama_modelfile(tokenizer))
+        if os.path.isdir(exp.export_dir):
+            shutil.rmtree(exp.export_dir)
+        os.replace(tmp, exp.export_dir)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("exported %s model to %s", exp.export_dtype, os.path.abspath(exp.export_dir))
+    return exp.export_dir
