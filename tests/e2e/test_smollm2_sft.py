@@ -49,3 +49,40 @@ def test_results_report_real_token_throughput(quickstart_run):
         results = json.load(fh)
     assert results["train_tokens_per_second"] > 0
     assert results["train_tokens"] <= results["num_input_tokens_seen"]
+
+
+def test_chat_cli_with_piped_input_uses_the_adapter_and_history(quickstart_run):
+    import subprocess
+    import sys
+
+    tuneforge = os.path.join(os.path.dirname(sys.executable), "tuneforge")
+    script = "Who are you?\nRepeat your name only.\n/clear\n/exit\n"
+    res = subprocess.run([tuneforge, "chat", f"adapter_name_or_path={quickstart_run}", "--temperature", "0", "max_new_tokens=30"],
+                         input=script, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    replies = [line[len("Assistant: "):] for line in res.stdout.splitlines() if line.startswith("Assistant: ")]
+    assert len(replies) == 2
+    assert "Forge" in replies[0]
+    assert "[history cleared]" in res.stdout
+
+
+def test_export_merges_with_the_same_logits_on_smollm2(quickstart_run, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge import config
+    from tuneforge.export import export_model
+
+    out = str(tmp_path / "merged")
+    export_model(config.load(None, {"adapter_name_or_path": quickstart_run, "export_dir": out, "export_dtype": "float32"},
+                             purpose="export"))
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok.apply_chat_template([{"role": "user", "content": "Who are you?"}], add_generation_prompt=True, return_tensors="pt",
+                                  return_dict=True)["input_ids"]
+    base, _ = load_for_inference("smollm2-135m-instruct", quickstart_run)
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        diff = (merged(input_ids=ids).logits - base(input_ids=ids).logits).abs().max().item()
+    assert isinstance(base, PeftModel) and diff < 1e-4, diff
+    assert "Forge" in answer(merged, tok, "Could you tell me your name?", max_new_tokens=30)

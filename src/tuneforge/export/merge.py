@@ -32,6 +32,15 @@ def _check_target(export_dir: str, overwrite: bool) -> None:
         raise TuneforgeError(f"export_dir `{export_dir}` is not empty; choose a new export_dir, or set export_overwrite: true to replace it")
 
 
+def _default_permissions(folder: str) -> None:
+    """mkdtemp makes a private folder; give the export the permissions a normal folder would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for name in os.listdir(folder):
+        os.chmod(os.path.join(folder, name), 0o666 & ~umask)
+
+
 def export_model(cfg) -> str:
     """Merge and save to `export_dir`: safetensors shards of at most `export_size` GB in `export_dtype`, the
     tokenizer with its chat template, and (with `export_ollama`) a Modelfile. Written to a temporary folder
@@ -56,6 +65,7 @@ def export_model(cfg) -> str:
 
             with open(os.path.join(tmp, "Modelfile"), "w", encoding="utf-8") as fh:
                 fh.write(ollama_modelfile(tokenizer))
+        _default_permissions(tmp)
         if os.path.isdir(exp.export_dir):
             shutil.rmtree(exp.export_dir)
         os.replace(tmp, exp.export_dir)
