@@ -73,7 +73,7 @@ def test_enum_training_argument_is_checked_with_suggestion():
     ({"stage": "stf"}, "`stage` must be one of"),
     ({"output_dir": ""}, "output_dir is missing"),
     ({"freeze_trainable_layers": 0, "finetuning_type": "freeze"}, "freeze_trainable_layers must not be 0"),
-    ({"adapter_name_or_path": "x", "finetuning_type": "full"}, "adapter_name_or_path needs finetuning_type: lora"),
+    ({"adapter_name_or_path": "x", "finetuning_type": "full"}, "adapter_name_or_path needs an adapter method"),
     ({"torch_dtype": "float64"}, "`torch_dtype` must be one of"),
 ])
 def test_invalid_values_and_combinations_are_refused(kw, expected):
@@ -82,10 +82,10 @@ def test_invalid_values_and_combinations_are_refused(kw, expected):
 
 def test_llamafactory_only_keys_warn_once_not_refuse(caplog):
     with caplog.at_level(logging.WARNING):
-        cfg = load(quantization_bit=4, use_unsloth=True, do_train=True, preprocessing_num_workers=1)
-    assert cfg.ignored == ["quantization_bit", "use_unsloth"]
+        cfg = load(enable_liger_kernel=True, use_unsloth=True, do_train=True, preprocessing_num_workers=1)
+    assert cfg.ignored == ["enable_liger_kernel", "use_unsloth"]
     warnings = [r.getMessage() for r in caplog.records if "LLaMA-Factory keys" in r.getMessage()]
-    assert len(warnings) == 1 and "quantization_bit" in warnings[0] and "use_unsloth" in warnings[0]
+    assert len(warnings) == 1 and "enable_liger_kernel" in warnings[0] and "use_unsloth" in warnings[0]
 
 
 def test_renamed_keys_of_older_transformers_are_mapped():

@@ -18,6 +18,7 @@ from tuneforge.config.train_args import TrainSection, coerce_training_value, tra
 
 logger = logging.getLogger(__name__)
 
+QUANTIZABLE_METHODS = ("lora", "prefix", "prompt")
 BASE_SECTIONS = {"model": ModelSection, "data": DataSection, "method": MethodSection, "output": OutputSection,
                  "generation": GenerationSection, "export": ExportSection}
 
@@ -60,9 +61,18 @@ def _ensure_methods_registered() -> None:
     importlib.import_module("tuneforge.methods")
 
 
+def _all_sections() -> dict[str, type]:
+    """Section name -> class; a class shared by several methods appears once, under its first name."""
+    out: dict[str, type] = dict(BASE_SECTIONS)
+    for name, cls in METHOD_SECTIONS.items():
+        if cls not in out.values():
+            out[name] = cls
+    return out
+
+
 def _key_owners() -> dict[str, str]:
     owners: dict[str, str] = {}
-    for name, cls in {**BASE_SECTIONS, **METHOD_SECTIONS}.items():
+    for name, cls in _all_sections().items():
         for key in section_fields(cls):
             if key in owners:
                 raise RuntimeError(f"config key `{key}` is declared by both `{owners[key]}` and `{name}`")
@@ -120,9 +130,13 @@ def load(path: str | None = None, overrides: list[str] | dict[str, Any] | None =
 def from_flat(flat: dict[str, Any], purpose: str = "train") -> RunConfig:
     """Group flat keys into sections, coerce types and validate; raise one ConfigError listing every problem."""
     _ensure_methods_registered()
+    flat, notes = compat.normalize(flat)
+    for note in notes:
+        logger.info(note)
     owners = _key_owners()
     tfields = training_fields()
-    grouped: dict[str, dict[str, Any]] = {name: {} for name in {**BASE_SECTIONS, **METHOD_SECTIONS}}
+    sections_cls = _all_sections()
+    grouped: dict[str, dict[str, Any]] = {name: {} for name in sections_cls}
     train_args: dict[str, Any] = {}
     problems: list[str] = []
     ignored: list[str] = []
@@ -145,7 +159,7 @@ def from_flat(flat: dict[str, Any], purpose: str = "train") -> RunConfig:
             problems.append(f"unknown key `{key}`{hint}")
 
     sections: dict[str, Any] = {}
-    for name, cls in {**BASE_SECTIONS, **METHOD_SECTIONS}.items():
+    for name, cls in sections_cls.items():
         fields = section_fields(cls)
         values = {}
         for key, value in grouped[name].items():
@@ -157,7 +171,8 @@ def from_flat(flat: dict[str, Any], purpose: str = "train") -> RunConfig:
 
     cfg = RunConfig(
         model=sections["model"], data=sections["data"], method=sections["method"], output=sections["output"],
-        generation=sections["generation"], export=sections["export"], train=TrainSection(train_args), methods={n: sections[n] for n in METHOD_SECTIONS}, ignored=sorted(set(ignored)),
+        generation=sections["generation"], export=sections["export"], train=TrainSection(train_args), ignored=sorted(set(ignored)),
+        methods={n: next(sections[k] for k, c in sections_cls.items() if c is cls) for n, cls in METHOD_SECTIONS.items()},
     )
     if problems:  # type problems make range checks meaningless; report them first
         raise ConfigError(problems)
@@ -183,14 +198,22 @@ def _validate(cfg: RunConfig, given: set[str], purpose: str) -> list[str]:
                         f"choose one of {', '.join(sorted(METHOD_SECTIONS))}")
     else:
         problems += cfg.methods[method].validate()
+        run_check = getattr(cfg.methods[method], "validate_run", None)
+        if run_check is not None and purpose == "train":
+            problems += run_check(cfg)
+        if cfg.model.quantization_bit and purpose == "train" and method not in QUANTIZABLE_METHODS:
+            problems.append(f"quantization_bit needs an adapter method ({', '.join(QUANTIZABLE_METHODS)}): quantized weights "
+                            f"cannot train with finetuning_type `{method}`; remove quantization_bit or use finetuning_type: lora")
         for other, section in cfg.methods.items():
-            stray = sorted(set(section_fields(type(section))) & given) if other != method else []
+            own = section is cfg.methods[method]
+            stray = sorted(set(section_fields(type(section))) & given) if not own else []
             if stray:
                 logger.warning("%s only apply to finetuning_type `%s` and are ignored with `%s`", ", ".join(stray), other, method)
     if purpose != "train":
         return problems
-    if cfg.model.adapter_name_or_path and method != "lora":
-        problems.append(f"adapter_name_or_path needs finetuning_type: lora (got `{method}`); merge the adapter first or switch to lora")
+    if cfg.model.adapter_name_or_path and method not in QUANTIZABLE_METHODS:
+        problems.append(f"adapter_name_or_path needs an adapter method ({', '.join(QUANTIZABLE_METHODS)}), got `{method}`; "
+                        f"merge the adapter first (tuneforge export) or use finetuning_type: lora")
     args = cfg.train.args
     if args.get("bf16") and args.get("fp16"):
         problems.append("bf16 and fp16 are both true; choose one")

@@ -20,11 +20,17 @@ class ModelSection:
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = field(
         "sdpa", help="Attention kernel; sdpa is fastest on CPU.")
     cache_dir: str | None = field(None, help="Where converted GGUF models and tokenized datasets are cached (default ~/.cache/tuneforge).")
+    quantization_bit: int | None = field(None, help="Load the frozen base in 4 or 8 bits with bitsandbytes (QLoRA); adapters train on top.")
+    quantization_method: Literal["bnb", "bitsandbytes"] = field("bnb", help="Quantization backend; bitsandbytes.")
+    quantization_type: Literal["nf4", "fp4"] = field("nf4", help="4-bit data type: nf4 (NormalFloat, for normally distributed weights) or fp4.")
+    double_quantization: bool = field(True, help="Quantize the 4-bit block constants too (saves ~0.37 bits per parameter).")
 
     def validate(self) -> list[str]:
         problems = []
         if not self.model_name_or_path:
             problems.append("model_name_or_path is empty; give a model folder, a .gguf file or `smollm2-135m-instruct`")
+        if self.quantization_bit not in (None, 4, 8):
+            problems.append(f"quantization_bit must be 4 or 8 (got {self.quantization_bit}); remove it to train unquantized")
         return problems
 
 

@@ -90,21 +90,26 @@ def coerce_training_value(name: str, value: Any) -> Any:
         return value
 
 
-def build_training_arguments(cfg, check_only: bool = False):
-    """`transformers.TrainingArguments` from a RunConfig: our defaults, then the user's values.
+def build_training_arguments(cfg, check_only: bool = False, overrides: dict | None = None):
+    """`transformers.TrainingArguments` from a RunConfig: our defaults, then the user's values, then the
+    values the method sets (e.g. GaLore's optimizer).
 
     Args:
         cfg: the RunConfig.
         check_only: build only to let the library validate combinations.
+        overrides: values the fine-tuning method sets.
     """
     import torch
     from transformers import TrainingArguments
 
-    kwargs = {**DEFAULTS, **cfg.train.args}
+    kwargs = {**DEFAULTS, **cfg.train.args, **(overrides or {})}
     kwargs["output_dir"] = cfg.output.output_dir or "unset"
     kwargs["seed"] = cfg.data.seed
     # Real (non-padding) tokens: packed rows hold no padding, padded rows carry an attention mask.
     kwargs.setdefault("include_num_input_tokens_seen", "all" if cfg.data.packing else "non_padding")
     if not torch.cuda.is_available():
         kwargs.setdefault("use_cpu", True)
+    if kwargs.get("gradient_checkpointing") and kwargs.get("gradient_checkpointing_kwargs") is None:
+        # non-reentrant checkpointing lets gradients reach adapters on a frozen (or quantized) base
+        kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     return TrainingArguments(**kwargs)

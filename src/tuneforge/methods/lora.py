@@ -1,11 +1,18 @@
-"""LoRA through peft: low-rank adapters on the chosen linear layers, the base frozen."""
+"""LoRA through peft and its variants: QLoRA (on a quantized base), DoRA, rsLoRA, PiSSA initialisation and
+LoRA+ (B learns `loraplus_lr_ratio` times faster than A). The base stays frozen."""
 
+import logging
+import os
+import shutil
 from dataclasses import dataclass
 
 from tuneforge import TuneforgeError
 from tuneforge.config import field
 from tuneforge.methods.registry import register_method
 from tuneforge.models.arch import linear_module_names
+
+log = logging.getLogger(__name__)
+PISSA_INIT_DIR = "pissa_init"
 
 
 @dataclass
@@ -17,6 +24,11 @@ class LoraSection:
     lora_dropout: float = field(0.0, help="Dropout on the adapter input (0.05-0.1 for small data).")
     lora_target: list[str] = field(["all"], help="Linear layers to adapt: all, or names such as q_proj,v_proj.")
     additional_target: list[str] | None = field(None, help="Modules trained in full and saved with the adapter (e.g. embed_tokens).")
+    use_dora: bool = field(False, help="DoRA: learn a magnitude per output and apply LoRA to the direction (more compute).")
+    use_rslora: bool = field(False, help="rsLoRA: scale by alpha/sqrt(r) instead of alpha/r, stable at high ranks.")
+    pissa_init: bool = field(False, help="PiSSA: initialise A and B from the principal singular vectors of each weight.")
+    pissa_iter: int = field(16, help="Fast-SVD iterations for PiSSA (-1: exact SVD, slow on big layers).")
+    loraplus_lr_ratio: float | None = field(None, help="LoRA+: B's learning rate = ratio x A's (16 is typical).")
 
     def validate(self) -> list[str]:
         problems = []
@@ -28,6 +40,18 @@ class LoraSection:
             problems.append(f"lora_dropout must be in [0, 1) (got {self.lora_dropout})")
         if not self.lora_target:
             problems.append("lora_target is empty; use `all` or names such as q_proj,v_proj")
+        if self.loraplus_lr_ratio is not None and self.loraplus_lr_ratio <= 0:
+            problems.append(f"loraplus_lr_ratio must be > 0 (got {self.loraplus_lr_ratio})")
+        return problems
+
+    def validate_run(self, cfg) -> list[str]:
+        problems = []
+        if self.pissa_init and cfg.model.quantization_bit:
+            problems.append("pissa_init rewrites the base weights, which quantization_bit keeps frozen in 4/8 bits; drop one of them")
+        if self.pissa_init and cfg.output.resume_from_checkpoint:
+            problems.append("pissa_init cannot resume: the base is rewritten at start; rerun without resume_from_checkpoint")
+        if self.pissa_init and cfg.model.adapter_name_or_path:
+            problems.append("pissa_init initialises new adapters; drop it when continuing from adapter_name_or_path")
         return problems
 
 
@@ -44,19 +68,60 @@ def lora_config_from(sec: LoraSection, model):
             raise TuneforgeError(f"lora_target names layers this model lacks: {', '.join(missing)}; "
                                  f"its linear layers are: {', '.join(available)} (or use `all`)")
         targets = list(sec.lora_target)
+    init = (f"pissa_niter_{sec.pissa_iter}" if sec.pissa_iter >= 0 else "pissa") if sec.pissa_init else True
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM, r=sec.lora_rank, lora_alpha=sec.lora_alpha or 2 * sec.lora_rank,
         lora_dropout=sec.lora_dropout, target_modules=targets, modules_to_save=sec.additional_target,
+        use_dora=sec.use_dora, use_rslora=sec.use_rslora, init_lora_weights=init,
     )
 
 
 def apply(model, cfg):
-    from peft import PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
+    from tuneforge.models.quantization import is_quantized
+
+    sec: LoraSection = cfg.method_section("lora")
+    if is_quantized(model):
+        gc = bool(cfg.train.get("gradient_checkpointing"))
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None)
     adapter = cfg.model.adapter_name_or_path
     if adapter:
         return PeftModel.from_pretrained(model, adapter, is_trainable=True)
-    return get_peft_model(model, lora_config_from(cfg.method_section("lora"), model))
+    model = get_peft_model(model, lora_config_from(sec, model))
+    if sec.pissa_init:  # keep the initial adapter: saving converts PiSSA to a plain LoRA against the original base
+        model.save_pretrained(os.path.join(cfg.output.output_dir, PISSA_INIT_DIR))
+    return model
 
 
-register_method("lora", LoraSection, apply)
+def optimizer(model, cfg, args):
+    """LoRA+: two groups, B (and its magnitude-free peers) at ratio x the learning rate."""
+    ratio = cfg.method_section("lora").loraplus_lr_ratio
+    if not ratio:
+        return None
+    from transformers import Trainer
+
+    opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    a, b = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (b if "lora_B" in name else a).append(p)
+    groups = [{"params": a, "lr": args.learning_rate, "weight_decay": args.weight_decay},
+              {"params": b, "lr": args.learning_rate * ratio, "weight_decay": args.weight_decay}]
+    log.info("LoRA+: %d tensors at lr %.2e (A and others), %d at lr %.2e (B)", len(a), args.learning_rate, len(b),
+             args.learning_rate * ratio)
+    return opt_cls(groups, **{k: v for k, v in opt_kwargs.items() if k != "lr"})
+
+
+def save(model, output_dir, cfg) -> bool:
+    """PiSSA adapters are saved converted, so they apply to the original (unmodified) base."""
+    if not cfg.method_section("lora").pissa_init:
+        return False
+    init_dir = os.path.join(output_dir, PISSA_INIT_DIR)
+    model.save_pretrained(output_dir, path_initial_model_for_weight_conversion=init_dir)
+    shutil.rmtree(init_dir, ignore_errors=True)
+    return True
+
+
+register_method("lora", LoraSection, apply, optimizer=optimizer, save=save)

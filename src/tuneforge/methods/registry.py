@@ -7,26 +7,7 @@ from typing import Any, Callable
 from tuneforge.config import register_section
 
 
-@dataclass(frozen=True)
-class Method:
-    """A fine-tuning method: its config section and three small functions.
-
-    apply(model, cfg) -> model: decide which parameters train (wrap with adapters, freeze the rest).
-    param_groups(model, cfg) -> list[dict] | None: optimizer parameter groups, or None for the default.
-    callbacks(cfg) -> list[TrainerCallback]: callbacks the method needs during training.
-    """
-
-    name: str
-    section: type | None
-    apply: Callable[[Any, Any], Any]
-    param_groups: Callable[[Any, Any], list[dict] | None]
-    callbacks: Callable[[Any], list]
-
-
-METHODS: dict[str, Method] = {}
-
-
-def _no_groups(model, cfg):
+def _none(*args):
     return None
 
 
@@ -34,17 +15,44 @@ def _no_callbacks(cfg):
     return []
 
 
-def register_method(name: str, section: type | None, apply, param_groups=_no_groups, callbacks=_no_callbacks) -> None:
-    """Register a method under a lowercase name; duplicates are refused."""
+def _no_args(cfg):
+    return {}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A fine-tuning method: its config section and a few small functions (all but `apply` optional).
+
+    apply(model, cfg) -> model: decide which parameters train (wrap with adapters, freeze the rest).
+    optimizer(model, cfg, args) -> Optimizer | None: a method-specific optimizer (LoRA+ groups, LISA), or None.
+    callbacks(cfg) -> list[TrainerCallback]: callbacks the method needs during training (LISA's layer switching).
+    training_args(cfg) -> dict: TrainingArguments values the method sets (GaLore's optimizer).
+    save(model, output_dir, cfg) -> bool: save the trained weights itself (PiSSA's conversion), or False.
+    """
+
+    name: str
+    section: type | None
+    apply: Callable[[Any, Any], Any]
+    optimizer: Callable[[Any, Any, Any], Any] = _none
+    callbacks: Callable[[Any], list] = _no_callbacks
+    training_args: Callable[[Any], dict] = _no_args
+    save: Callable[[Any, str, Any], bool] = lambda model, output_dir, cfg: False
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str, section: type | None, apply, **hooks) -> None:
+    """Register a method under a lowercase name; duplicates are refused. `hooks` are Method's optional functions."""
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"method name `{name}` must be lowercase letters, digits and underscores")
     if name in METHODS:
         raise ValueError(f"method `{name}` is already registered")
-    if section is not None:
-        register_section(name, section)
-    else:
-        register_section(name, _empty_section(name))
-    METHODS[name] = Method(name, section, apply, param_groups, callbacks)
+    unknown = set(hooks) - {"optimizer", "callbacks", "training_args", "save"}
+    if unknown:
+        raise ValueError(f"method `{name}`: unknown hook(s) {', '.join(sorted(unknown))}")
+    register_section(name, section if section is not None else _empty_section(name))
+    METHODS[name] = Method(name, section, apply, **hooks)
 
 
 def _empty_section(name: str) -> type:

@@ -44,9 +44,13 @@ def load_model(folder: str, model_cfg, dtype):
     """AutoModelForCausalLM from a local folder with the configured dtype and attention kernel."""
     from transformers import AutoModelForCausalLM
 
+    from tuneforge.models.quantization import bnb_config
+
+    quant = bnb_config(model_cfg, dtype)
+    extra = {"quantization_config": quant} if quant is not None else {}
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=model_cfg.attn_implementation,
-                                                     trust_remote_code=model_cfg.trust_remote_code)
+                                                     trust_remote_code=model_cfg.trust_remote_code, **extra)
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise TuneforgeError(f"`{model_cfg.model_name_or_path}` ships its own model code; set trust_remote_code: true if you trust it") from None

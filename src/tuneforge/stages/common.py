@@ -3,6 +3,8 @@
 import logging
 import os
 
+import torch
+
 from tuneforge import methods, models
 from tuneforge.config.train_args import build_training_arguments
 from tuneforge.data import apply_template
@@ -37,19 +39,16 @@ def build_trainer(cfg, model, tokenizer, datasets: dict, collator, trainer_cls=N
     """A Hugging Face Trainer with the method's optimizer groups and callbacks plus our log callbacks."""
     from transformers import Trainer
 
-    args = build_training_arguments(cfg)
-    if args.gradient_checkpointing and args.gradient_checkpointing_kwargs is None:
-        args.gradient_checkpointing_kwargs = {"use_reentrant": False}  # gradients reach adapters on a frozen base
     method = methods.get(cfg.method.finetuning_type)
-    optimizers = (None, None)
-    groups = method.param_groups(model, cfg)
-    if groups is not None:
-        opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
-        optimizers = (opt_cls(groups, **opt_kwargs), None)
+    args = build_training_arguments(cfg, overrides=method.training_args(cfg))
+    if "paged" in str(args.optim) and not torch.cuda.is_available():
+        log.warning("optim %s pages optimizer state through CUDA unified memory; on the CPU there is nothing to page to, "
+                    "so bitsandbytes keeps the state in ordinary memory (same numbers, no paging)", args.optim)
+    optimizer = method.optimizer(model, cfg, args)
     counter = TokenCounter()
     trainer = (trainer_cls or Trainer)(
         model=model, args=args, train_dataset=datasets["train"], eval_dataset=datasets.get("eval"),
-        processing_class=tokenizer, data_collator=collator, optimizers=optimizers,
+        processing_class=tokenizer, data_collator=collator, optimizers=(optimizer, None),
         callbacks=[JsonlLogger(cfg.output.output_dir), counter, *method.callbacks(cfg)],
     )
     trainer.token_counter = counter
@@ -68,7 +67,10 @@ def train_and_save(cfg, trainer, resume: str | None, extra_metrics: dict) -> dic
     metrics["train_tokens_per_second"] = round(tokens / max(metrics.get("train_runtime", 0.0), 1e-9), 2)
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
-    trainer.save_model(out)  # adapter or model (safetensors) and the tokenizer with its chat template
+    if not methods.get(cfg.method.finetuning_type).save(trainer.model, out, cfg):
+        trainer.save_model(out)  # adapter or model (safetensors) and the tokenizer with its chat template
+    else:
+        trainer.processing_class.save_pretrained(out)
     trainer.save_state()
     trainable, total = count_parameters(trainer.model)
     up = seconds_since_process_start()

@@ -1,0 +1,118 @@
+"""LISA (layerwise importance-sampled AdamW): embeddings, LM head and final norm train (switchable off);
+`lisa_layers` decoder layers, sampled uniformly without replacement, train for `lisa_interval` steps; the rest
+are frozen without gradients. Unlike the public implementations, the optimizer state of layers switched off is
+released at every switch, so memory stays at (embeddings + head + lisa_layers layers), not creeping to full AdamW.
+
+The active set of switch k is a pure function of (seed, k), so resuming at any step restores it exactly.
+The optimizer is built over every parameter once (a frozen parameter has no gradient, so AdamW skips it)."""
+
+import logging
+import random
+from dataclasses import dataclass
+
+from transformers import TrainerCallback
+
+from tuneforge.config import field
+from tuneforge.methods.registry import register_method
+from tuneforge.models.arch import decoder_layers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LisaSection:
+    """Options of finetuning_type: lisa."""
+
+    lisa_layers: int = field(2, help="Decoder layers that train at a time (gamma in the paper).")
+    lisa_interval: int = field(20, help="Optimizer steps between re-sampling the active layers (K in the paper).")
+    lisa_train_embeddings: bool = field(True, help="Embeddings, LM head and final norm always train; off saves most memory on big vocabularies.")
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.lisa_layers <= 0:
+            problems.append(f"lisa_layers must be > 0 (got {self.lisa_layers})")
+        if self.lisa_interval <= 0:
+            problems.append(f"lisa_interval must be > 0 (got {self.lisa_interval})")
+        return problems
+
+
+def active_layers(num_layers: int, k: int, seed: int, switch: int) -> list[int]:
+    """The layers active during switch period `switch` (steps [switch*interval, (switch+1)*interval))."""
+    return sorted(random.Random(seed * 1_000_003 + switch).sample(range(num_layers), min(k, num_layers)))
+
+
+def _set_layers(model, layers, active: set[int], optimizer=None) -> int:
+    """Unfreeze `active` layers, freeze the others; release gradients and optimizer state of those switched off.
+    Returns the number of parameter tensors whose optimizer state was released."""
+    state = getattr(getattr(optimizer, "optimizer", optimizer), "state", None)
+    released = 0
+    for i, layer in enumerate(layers):
+        on = i in active
+        for p in layer.parameters():
+            if p.requires_grad and not on:
+                p.grad = None
+                if state is not None and p in state:
+                    del state[p]
+                    released += 1
+            p.requires_grad_(on)
+    return released
+
+
+def apply(model, cfg):
+    sec: LisaSection = cfg.method_section("lisa")
+    prefix, layers = decoder_layers(model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(sec.lisa_train_embeddings and not name.startswith(prefix + "."))
+    _set_layers(model, layers, set(active_layers(len(layers), sec.lisa_layers, cfg.data.seed, 0)))
+    return model
+
+
+def optimizer(model, cfg, args):
+    """One optimizer over every parameter, so switching layers on later needs no new optimizer."""
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    decay = set(get_parameter_names(model, [__import__("torch").nn.LayerNorm], ["bias", "layernorm", "rmsnorm", "norm"]))
+    seen, groups = set(), {True: [], False: []}
+    for name, p in model.named_parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            groups[name in decay].append(p)
+    return opt_cls([{"params": groups[True], "weight_decay": args.weight_decay},
+                    {"params": groups[False], "weight_decay": 0.0}], **opt_kwargs)
+
+
+class LisaCallback(TrainerCallback):
+    """Switch the active layers every `interval` optimizer steps (at the first micro-batch of a step)."""
+
+    def __init__(self, k: int, interval: int, seed: int, release_state: bool = True):
+        self.k, self.interval, self.seed, self.release_state = k, interval, seed, release_state
+        self.current = None
+        self.history: list[tuple[int, list[int]]] = []  # (step, active layers) at each switch
+
+    def _switch(self, model, optimizer, step: int):
+        switch = step // self.interval
+        if switch == self.current:
+            return
+        _, layers = decoder_layers(model)
+        active = active_layers(len(layers), self.k, self.seed, switch)
+        released = _set_layers(model, layers, set(active), optimizer if self.release_state else None)
+        self.current = switch
+        self.history.append((step, active))
+        log.info("LISA step %d: layers %s train; released optimizer state of %d tensors", step, active, released)
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kw):
+        self.current = None
+        self._switch(model, optimizer, state.global_step)
+
+    def on_step_begin(self, args, state, control, model=None, optimizer=None, **kw):
+        self._switch(model, optimizer, state.global_step)
+
+
+def callbacks(cfg):
+    sec: LisaSection = cfg.method_section("lisa")
+    return [LisaCallback(sec.lisa_layers, sec.lisa_interval, cfg.data.seed)]
+
+
+register_method("lisa", LisaSection, apply, optimizer=optimizer, callbacks=callbacks)
