@@ -45,22 +45,31 @@ def tiny_tokenizer():
     return make_tokenizer()
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A 2-layer random Llama (GQA) with the tiny tokenizer, saved as a Hugging Face folder."""
+def make_model_dir(folder, layers=2, hidden=32, intermediate=64, tie=False) -> str:
+    """A random Llama (GQA: 4 heads, 2 KV heads) with the tiny tokenizer, saved as a Hugging Face folder."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = make_tokenizer()
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=tie,
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
-    model = LlamaForCausalLM(cfg)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(folder)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A 2-layer, 32-wide random Llama."""
+    return make_model_dir(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def wide_model_dir(tmp_path_factory):
+    """A 6-layer, 64-wide random Llama: enough layers for LISA, big enough matrices for 4-bit and 8-bit paths."""
+    return make_model_dir(tmp_path_factory.mktemp("wide-llama"), layers=6, hidden=64, intermediate=256)
 
 
 def write_json(path, obj):

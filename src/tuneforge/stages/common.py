@@ -41,9 +41,10 @@ def build_trainer(cfg, model, tokenizer, datasets: dict, collator, trainer_cls=N
 
     method = methods.get(cfg.method.finetuning_type)
     args = build_training_arguments(cfg, overrides=method.training_args(cfg))
-    if "paged" in str(args.optim) and not torch.cuda.is_available():
+    optim = getattr(args.optim, "value", args.optim)
+    if "paged" in optim and not torch.cuda.is_available():
         log.warning("optim %s pages optimizer state through CUDA unified memory; on the CPU there is nothing to page to, "
-                    "so bitsandbytes keeps the state in ordinary memory (same numbers, no paging)", args.optim)
+                    "so bitsandbytes keeps the state in ordinary memory (same numbers, no paging)", optim)
     optimizer = method.optimizer(model, cfg, args)
     counter = TokenCounter()
     trainer = (trainer_cls or Trainer)(
