@@ -111,3 +111,18 @@ def test_modelfile_without_turn_wrappers_says_so():
 
     tok = make_tokenizer("{% for m in messages %}{% if loop.last %}{{ m['content'] }}{% else %}X{% endif %}{% endfor %}")
     assert "write TEMPLATE by hand" in ollama_modelfile(tok)
+
+
+def test_prompt_tuning_adapters_are_refused_with_the_reason(tiny_model_dir, tmp_path):
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = str(tmp_path / "prompt")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                   PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=3)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    cfg = config.load(None, {"model_name_or_path": tiny_model_dir, "adapter_name_or_path": folder,
+                             "export_dir": str(tmp_path / "out")}, purpose="export")
+    with pytest.raises(TuneforgeError, match="cannot be merged; serve it with --adapter"):
+        export_model(cfg)
+    assert not os.path.exists(tmp_path / "out")

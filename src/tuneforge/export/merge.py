@@ -21,6 +21,9 @@ def merge_adapter(model_name_or_path: str, adapter_name_or_path: str | None, cac
 
     model, tokenizer = load_for_inference(model_name_or_path, adapter_name_or_path, cache_dir, template)
     if adapter_name_or_path:
+        if model.peft_config["default"].is_prompt_learning:
+            raise TuneforgeError(f"adapter_name_or_path `{adapter_name_or_path}` holds prefix/prompt tuning, which adds virtual "
+                                 f"tokens rather than weight updates, so it cannot be merged; serve it with --adapter instead")
         model = model.merge_and_unload()
     return model, tokenizer
 
