@@ -215,6 +215,12 @@ def _validate(cfg: RunConfig, given: set[str], purpose: str) -> list[str]:
         problems.append(f"adapter_name_or_path needs an adapter method ({', '.join(QUANTIZABLE_METHODS)}), got `{method}`; "
                         f"merge the adapter first (tuneforge export) or use finetuning_type: lora")
     args = cfg.train.args
+    optim = str(args.get("optim", ""))
+    if any(k in optim for k in ("bnb", "8bit", "paged")) and not optim.startswith("galore"):
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            problems.append(f"optim: {optim} needs bitsandbytes: pip install 'tuneforge[quant]' (or pip install bitsandbytes)")
     if args.get("bf16") and args.get("fp16"):
         problems.append("bf16 and fp16 are both true; choose one")
     if cfg.output.resume_from_checkpoint and cfg.output.overwrite_output_dir:

@@ -1,5 +1,6 @@
 """The typed sections of a run config. Flat YAML keys map onto these fields by name."""
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,6 +32,8 @@ class ModelSection:
             problems.append("model_name_or_path is empty; give a model folder, a .gguf file or `smollm2-135m-instruct`")
         if self.quantization_bit not in (None, 4, 8):
             problems.append(f"quantization_bit must be 4 or 8 (got {self.quantization_bit}); remove it to train unquantized")
+        elif self.quantization_bit and importlib.util.find_spec("bitsandbytes") is None:
+            problems.append("quantization_bit needs bitsandbytes: pip install 'tuneforge[quant]' (or pip install bitsandbytes)")
         return problems
 
 

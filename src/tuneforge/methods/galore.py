@@ -29,7 +29,11 @@ class GaloreSection:
     def validate_run(self, cfg) -> list[str]:
         import torch
 
+        import importlib.util
+
         problems = []
+        if importlib.util.find_spec("galore_torch") is None:
+            problems.append("finetuning_type galore needs galore-torch: pip install 'tuneforge[galore]' (or pip install galore-torch)")
         optim = cfg.train.args.get("optim")
         if optim and not str(optim).startswith("galore_"):
             problems.append(f"finetuning_type galore sets the optimizer itself; remove optim: {optim} (or use a galore_* one)")
