@@ -18,7 +18,7 @@ FAMILIES = {
     "full-packed": ["finetuning_type=full", "learning_rate=2e-5", "packing=true"],
     "galore": ["finetuning_type=galore", "galore_rank=16", "galore_update_interval=4", "learning_rate=1e-4"],
     "lisa": ["finetuning_type=lisa", "lisa_layers=2", "lisa_interval=3", "learning_rate=1e-4"],
-    "prompt": ["finetuning_type=prompt", "num_virtual_tokens=20", "learning_rate=1e-1"],
+    "prompt": ["finetuning_type=prompt", "num_virtual_tokens=20", "learning_rate=1e-1", "max_steps=20"],  # learns slowest
 }
 
 

@@ -26,7 +26,11 @@ def load_tokenizer(cfg):
 
 
 def load_model(cfg, folder):
-    """The model with the method applied (which parameters train)."""
+    """The model with the method applied (which parameters train). Seeded first, so adapter and virtual-token
+    initialisation is the same on every run of the same config."""
+    from transformers import set_seed
+
+    set_seed(cfg.data.seed)
     model = models.load_model(folder, cfg.model, models.resolve_dtype(cfg.model, cfg.train.args))
     model = methods.get(cfg.method.finetuning_type).apply(model, cfg)
     trainable, total = count_parameters(model)
