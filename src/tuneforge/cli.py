@@ -69,9 +69,127 @@ def cmd_train(args: list[str]) -> int:
     path, overrides = _split_args(args)
     cfg = config.load(path, overrides)
     preflight.check(cfg)
+    _memory_check(cfg)
     metrics = stages.get(cfg.method.stage)(cfg)
     print(f"done: train_loss={metrics.get('train_loss', float('nan')):.4f} "
           f"train_tokens_per_second={metrics.get('train_tokens_per_second')} output_dir={cfg.output.output_dir}")
+    return 0
+
+
+def _memory_check(cfg) -> None:
+    """One line of estimate before anything heavy loads; refuse when far above what is available."""
+    import logging
+
+    from tuneforge import TuneforgeError
+    from tuneforge.memory import GIB, device_memory, estimate
+
+    log = logging.getLogger("tuneforge.memory")
+    try:
+        report = estimate(cfg)
+    except TuneforgeError as e:  # e.g. a GGUF not converted yet: no config.json to read
+        log.info("memory estimate skipped: %s", e)
+        return
+    available, what = device_memory(available_only=True)
+    log.info("memory estimate: %.2f GiB (weights %.2f, gradients %.2f, optimizer %.2f, activations %.2f, overhead %.2f) "
+             "of %.1f GiB %s available", report.total / GIB, report.weights / GIB, report.gradients / GIB, report.optimizer / GIB,
+             report.activations / GIB, report.overhead / GIB, available / GIB, what)
+    if cfg.method.memory_check and report.total > 1.5 * available:
+        from tuneforge.memory.api import input_from_config, shape_of
+        from tuneforge.memory.fit import render, search
+
+        x = input_from_config(cfg)
+        effective = x.batch * int(cfg.train.get("gradient_accumulation_steps", 1))
+        advice = render(search(shape_of(cfg.model.model_name_or_path, cfg.model.cache_dir), x, available, effective, top=3), available)
+        raise TuneforgeError(f"this run needs about {report.total / GIB:.1f} GiB but {available / GIB:.1f} GiB of {what} is available.\n"
+                             f"{advice}\n(set memory_check: false to start anyway)")
+
+
+def cmd_estimate(args: list[str]) -> int:
+    """tuneforge estimate [CONFIG] [key=value ...] [--model M] [--batch B] [--seq S] [--json] [--fit 24GiB] ..."""
+    if args and args[0] in ("-h", "--help"):
+        print("usage: tuneforge estimate [CONFIG.yaml] [--model llama3-8b] [--finetuning_type lora] [--batch 8] [--seq 512]\n"
+              "  [--json] [--convention realistic|article] [--fit 24GiB|auto] [--world_size 8 --sharding ddp|zero1|zero2|zero3|fsdp]\n"
+              "  [--device cpu|cuda (estimate for a GPU from here: bf16 weights, CUDA context)]\n"
+              "  [any config key=value]. Shipped model configs: llama3-8b llama3-70b llama2-7b llama2-13b llama2-70b\n"
+              "  mistral-7b qwen2.5-7b gemma-2b gemma-7b smollm2-135m (or a folder with config.json).")
+        return 0
+    import json
+
+    from tuneforge import config
+    from tuneforge.config.errors import ConfigError
+    from tuneforge.memory import GIB, describe, device_memory, estimate, parse_size
+    from tuneforge.memory.api import input_from_config, shape_of
+    from tuneforge.memory.estimate import SHARDINGS
+    from tuneforge.memory.fit import render, search
+
+    path, overrides = _split_args(args)
+    own = {"json": None, "convention": "realistic", "fit": None, "world_size": None, "sharding": None, "batch": None, "seq": None,
+           "device": None}
+    rest = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key in own:
+            own[key] = value
+        else:
+            rest.append(item)
+    cfg = config.load(path, rest, purpose="infer")
+    problems = []
+    if own["convention"] not in ("realistic", "article"):
+        problems.append(f"--convention must be realistic or article (got {own['convention']})")
+    if own["device"] not in (None, "cpu", "cuda"):
+        problems.append(f"--device must be cpu or cuda (got {own['device']})")
+    if own["sharding"] is not None and own["sharding"] not in SHARDINGS:
+        problems.append(f"--sharding must be one of {', '.join(SHARDINGS)} (got {own['sharding']})")
+    try:
+        ints = {k: int(own[k]) if own[k] is not None else None for k in ("batch", "seq", "world_size")}
+    except ValueError:
+        problems.append("--batch, --seq and --world_size take whole numbers")
+        ints = {}
+    if problems:
+        raise ConfigError(problems)
+    x = input_from_config(cfg, batch=ints.get("batch"), seq=ints.get("seq"), world_size=ints.get("world_size"), sharding=own["sharding"])
+    if x.world_size > 1 and x.sharding == "none":
+        x.sharding = "ddp"
+    if own["device"]:  # estimate for another device than this one (a GPU from a laptop, say)
+        x.device = own["device"]
+        if cfg.model.torch_dtype == "auto":
+            x.dtype = "bfloat16" if x.device == "cuda" else "float32"
+    from tuneforge.memory.estimate import estimate_shape
+
+    shape = shape_of(cfg.model.model_name_or_path, cfg.model.cache_dir)
+    report = estimate_shape(shape, x, own["convention"])
+    if own["fit"] is not None:
+        if own["fit"] in ("auto", "true", ""):
+            budget = device_memory()[0]
+        else:
+            try:
+                budget = parse_size(own["fit"])
+            except ValueError:
+                raise ConfigError([f"--fit takes a size such as 24GiB, 80GB or auto (got {own['fit']})"]) from None
+        effective = x.batch * int(cfg.train.get("gradient_accumulation_steps", 1))
+        fits = search(shape, x, budget, effective)
+        if own["json"] is not None:
+            print(json.dumps({"budget_gib": round(budget / GIB, 3), "fits": [
+                {"name": f.name, "yaml": f.yaml(), "speed": round(f.speed, 3), **f.report.to_dict()} for f in fits]}))
+        else:
+            print(render(fits, budget))
+        return 0
+    if own["json"] is not None:
+        print(json.dumps(report.to_dict()))
+        return 0
+    total, what = device_memory() if not own["device"] or (own["device"] == "cuda") == (x.device == "cuda") else (None, "")
+    if own["device"] == "cuda" and "GPU" not in what:
+        total = None
+    print(f"{shape.name or cfg.model.model_name_or_path}: {x.finetuning_type}"
+          f"{f' ({x.quantization_bit}-bit)' if x.quantization_bit else ''}, batch {x.batch} x seq {x.seq}, {x.dtype}"
+          f"{', checkpointing' if x.gradient_checkpointing else ''}{f', {x.sharding} x {x.world_size}' if x.world_size > 1 else ''}"
+          f"; {report.trainable_params:,} of {report.total_params:,} parameters train ({report.convention} accounting)")
+    print(describe(report, total))
+    if own["convention"] == "article":
+        print(f"article convention: {report.detail['differs_from_realistic']}")
+    else:
+        print("realistic accounting: gradients, master weights where they exist, GQA/gated-MLP shapes and the logits are counted; "
+              "--convention article gives the seed article's simpler table")
     return 0
 
 
@@ -146,7 +264,8 @@ def cmd_version(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "chat": cmd_chat, "api": cmd_api, "export": cmd_export, "version": cmd_version}
+COMMANDS = {"train": cmd_train, "estimate": cmd_estimate, "chat": cmd_chat, "api": cmd_api, "export": cmd_export,
+            "version": cmd_version}
 
 
 def main(argv: list[str] | None = None) -> int:

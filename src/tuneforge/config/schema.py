@@ -81,7 +81,8 @@ class MethodSection:
     """Which stage runs and which fine-tuning method decides the trainable parameters."""
 
     stage: Literal[STAGES] = field("sft", help="Training stage: pt, sft, rm, ppo, dpo or kto.")  # type: ignore[valid-type]
-    finetuning_type: str = field("lora", help="Fine-tuning method: full, freeze or lora.")
+    finetuning_type: str = field("lora", help="Fine-tuning method: full, freeze, lora, galore, lisa, prefix or prompt.")
+    memory_check: bool = field(True, help="Refuse to start when the memory estimate is far above the memory available.")
 
     def validate(self) -> list[str]:
         return []

@@ -115,6 +115,11 @@ def weight_bytes(shape: ModelShape, x: EstimateInput, detail: dict) -> float:
     other = shape.total_params - linear
     if x.quantization_bit:
         base = linear * _quantized_bytes_per_param(x) + other * b
+        per_linear = [o for _, o in shape.linears().values()]
+        if x.quantization_bit == 8:
+            base += shape.layers * sum(per_linear) * 4  # an fp32 scale per output row
+        elif x.double_quantization:
+            base += shape.layers * len(per_linear) * 256 * 4  # each weight's 256-entry code book for its constants
         detail["weights"] = f"{linear:,} linear params at {_quantized_bytes_per_param(x):.4f} B ({x.quantization_bit}-bit) + {other:,} at {b} B"
     else:
         base = shape.total_params * b
@@ -154,11 +159,12 @@ def optimizer_bytes(shape: ModelShape, x: EstimateInput, detail: dict) -> float:
     m = x.finetuning_type
     if m == "galore":
         r = x.galore_rank
-        per_layer = sum(2 * r * min(a, b) * 4 + r * max(a, b) * 4 for a, b in shape.linears().values())
+        # galore-torch projects an m x n gradient to max(m,n) x r (states 2 x that) with an r x min(m,n) projector
+        per_layer = sum(2 * r * max(a, b) * 4 + r * min(a, b) * 4 for a, b in shape.linears().values())
         rest = (shape.layers * (shape.layer_params - shape.layer_linear_params) + shape.embedding_params + shape.head_params
                 + shape.hidden)
         total = shape.layers * per_layer + rest * 2 * BYTES[x.dtype]
-        detail["optimizer"] = f"GaLore rank {r}: projected states 2 x r x min(m,n) + projector r x max(m,n) per matrix; AdamW on the rest"
+        detail["optimizer"] = f"GaLore rank {r}: projected states 2 x r x max(m,n) + projector r x min(m,n) per matrix; AdamW on the rest"
         return total
     n = trainable_params(shape, x)
     if m == "lora":
@@ -166,11 +172,14 @@ def optimizer_bytes(shape: ModelShape, x: EstimateInput, detail: dict) -> float:
                   [x.lora_rank * b for a, b in _lora_targets(shape, x.lora_target).values()]
         total = shape.layers * sum(t * _adam_bytes_per_param(x, t) for t in tensors)
     elif m in ("full", "freeze", "lisa"):
-        emb = shape.embedding_params + shape.head_params if (m == "full" or (m == "lisa" and x.lisa_train_embeddings)) else 0
+        with_emb = m == "full" or (m == "lisa" and x.lisa_train_embeddings)
         layers = {"full": shape.layers, "freeze": min(abs(x.freeze_trainable_layers), shape.layers), "lisa": x.lisa_layers}[m]
         layer_total = sum(a * b * _adam_bytes_per_param(x, a * b) for a, b in shape.linears().values())
         small = shape.layer_params - shape.layer_linear_params
-        total = layers * (layer_total + small * _adam_bytes_per_param(x, 1)) + emb * 2 * _trainable_dtype_bytes(x)
+        total = layers * (layer_total + small * _adam_bytes_per_param(x, 1))
+        if with_emb:  # the Trainer keeps nn.Embedding states in 32 bits even with 8-bit optimizers
+            total += shape.embedding_params * 2 * _trainable_dtype_bytes(x)
+            total += shape.head_params * _adam_bytes_per_param(x, shape.head_params)
         total += (shape.hidden * _adam_bytes_per_param(x, 1) if m != "freeze" else 0)
     else:
         total = n * _adam_bytes_per_param(x, 1)

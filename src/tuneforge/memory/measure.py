@@ -37,10 +37,14 @@ def tensor_bytes(model, optimizer=None) -> dict[str, int]:
     if inner is not None:
         seen_t = set()
         for st in inner.state.values():
-            for k, t in st.items():
-                if torch.is_tensor(t) and id(t) not in seen_t and not str(k).startswith("qmap"):
-                    seen_t.add(id(t))
-                    opt += _nbytes(t)
+            for k, v in st.items():
+                # tensors, and tensors held by state objects (GaLore's projector keeps its matrix as an attribute)
+                inner_tensors = [v] if torch.is_tensor(v) else [a for a in vars(v).values() if torch.is_tensor(a)] \
+                    if hasattr(v, "__dict__") else []
+                for t in inner_tensors:
+                    if id(t) not in seen_t and not str(k).startswith("qmap"):
+                        seen_t.add(id(t))
+                        opt += _nbytes(t)
     return {"weights": weights, "trainable_weights": trainable, "gradients": grads, "optimizer": opt}
 
 

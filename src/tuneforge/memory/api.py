@@ -1,0 +1,104 @@
+"""The estimator's entry points: from a RunConfig to a MemoryReport, the memory available here, and the
+one-line pre-run check `tuneforge train` prints."""
+
+import json
+import os
+
+from tuneforge import TuneforgeError
+from tuneforge.memory.estimate import GIB, EstimateInput, MemoryReport, estimate_shape
+from tuneforge.memory.shapes import ModelShape, load_shape
+
+
+def shape_of(model_name_or_path: str, cache_dir: str | None = None) -> ModelShape:
+    """The shape of a model by name, folder, config.json, or GGUF (via its cached conversion or the alias table)."""
+    try:
+        return load_shape(model_name_or_path)
+    except TuneforgeError as original:
+        from tuneforge.data.cache import cache_root
+        from tuneforge.models import aliases, gguf
+
+        try:
+            source = aliases.resolve(model_name_or_path)
+        except TuneforgeError:
+            raise original from None
+        if source.gguf_file:
+            folder = gguf.cached_folder(source, cache_root(cache_dir))
+            if os.path.isfile(os.path.join(folder, "config.json")):
+                return load_shape(folder)
+        raise
+
+
+def sharding_of(cfg) -> tuple[str, int]:
+    """(sharding, world size) from `deepspeed`/`fsdp` training arguments and WORLD_SIZE."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    ds = cfg.train.args.get("deepspeed")
+    if ds:
+        try:
+            conf = ds if isinstance(ds, dict) else json.load(open(ds))
+            stage = int(conf.get("zero_optimization", {}).get("stage", 0))
+        except (OSError, ValueError) as e:
+            raise TuneforgeError(f"deepspeed: cannot read `{ds}` ({e})") from None
+        return (f"zero{stage}" if stage else "ddp"), world
+    if cfg.train.args.get("fsdp"):
+        return "fsdp", world
+    return ("ddp" if world > 1 else "none"), world
+
+
+def input_from_config(cfg, **overrides) -> EstimateInput:
+    """The estimator's inputs for a RunConfig (batch = per-device batch, seq = cutoff_len)."""
+    import torch
+
+    from tuneforge.models.loader import resolve_dtype
+
+    args = cfg.train.args
+    dtype = str(resolve_dtype(cfg.model, args)).replace("torch.", "")
+    cuda = torch.cuda.is_available()
+    autocast = ("bfloat16" if args.get("bf16") else "float16" if args.get("fp16") else None) if dtype == "float32" else None
+    sec = cfg.method_section()
+    get = lambda name, default: getattr(sec, name, default)  # noqa: E731
+    sharding, world = sharding_of(cfg)
+    optim = str(args.get("optim", "adamw_torch"))
+    x = EstimateInput(
+        finetuning_type=cfg.method.finetuning_type, batch=int(args.get("per_device_train_batch_size", 8)),
+        seq=cfg.data.cutoff_len, dtype=dtype, autocast=autocast, device="cuda" if cuda else "cpu",
+        lora_rank=get("lora_rank", 8), lora_target=tuple(get("lora_target", ["all"])), use_dora=get("use_dora", False),
+        quantization_bit=cfg.model.quantization_bit, double_quantization=cfg.model.double_quantization, optim=optim,
+        gradient_checkpointing=bool(args.get("gradient_checkpointing")), attn_implementation=cfg.model.attn_implementation,
+        freeze_trainable_layers=get("freeze_trainable_layers", 2), galore_rank=get("galore_rank", 16),
+        galore_layerwise=get("galore_layerwise", False), lisa_layers=get("lisa_layers", 2),
+        lisa_train_embeddings=get("lisa_train_embeddings", True), num_virtual_tokens=get("num_virtual_tokens", 20),
+        world_size=world, sharding=sharding,
+    )
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(x, k, v)
+    return x
+
+
+def estimate(cfg, convention: str = "realistic", **overrides) -> MemoryReport:
+    """A MemoryReport for a RunConfig (the Board shows it live). Needs only the model's config.json."""
+    return estimate_shape(shape_of(cfg.model.model_name_or_path, cfg.model.cache_dir), input_from_config(cfg, **overrides), convention)
+
+
+def device_memory(available_only: bool = False) -> tuple[float, str]:
+    """(bytes, what): the GPU's memory via torch, else the machine's RAM (MemAvailable when `available_only`)."""
+    import torch
+
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        return float(free if available_only else total), f"GPU {torch.cuda.get_device_name()}"
+    info = {}
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            k, v = line.split(":", 1)
+            info[k] = int(v.split()[0]) * 1024
+    return float(info["MemAvailable"] if available_only else info["MemTotal"]), "RAM"
+
+
+def parse_size(text: str) -> float:
+    """`24GiB`, `24GB`, `24G`, `24` (GiB) -> bytes."""
+    t = str(text).strip().lower().replace(" ", "")
+    for suffix, mult in (("gib", GIB), ("gb", 1e9), ("g", GIB), ("mib", 2**20), ("mb", 1e6), ("tib", 2**40)):
+        if t.endswith(suffix):
+            return float(t[: -len(suffix)]) * mult
+    return float(t) * GIB
