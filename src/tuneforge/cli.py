@@ -1,6 +1,5 @@
 """`tuneforge <command>`: argument parsing only; the work is in the library."""
 
-import argparse
 import logging
 import os
 import sys
@@ -117,7 +116,7 @@ def cmd_estimate(args: list[str]) -> int:
 
     from tuneforge import config
     from tuneforge.config.errors import ConfigError
-    from tuneforge.memory import GIB, describe, device_memory, estimate, parse_size
+    from tuneforge.memory import GIB, describe, device_memory, parse_size
     from tuneforge.memory.api import input_from_config, shape_of
     from tuneforge.memory.estimate import SHARDINGS
     from tuneforge.memory.fit import render, search

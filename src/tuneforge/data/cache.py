@@ -3,8 +3,6 @@
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 
 from tuneforge.data.loaders import data_files
 
@@ -56,17 +54,9 @@ def load(root: str, k: str):
 
 def save(root: str, k: str, dsd, stats: dict) -> None:
     """Write atomically: a temporary folder renamed into place, so a crash leaves no half cache."""
-    base = os.path.join(root, "tokenized")
-    os.makedirs(base, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=base, prefix=".tmp-")
-    try:
+    from tuneforge.fsutil import atomic_folder
+
+    with atomic_folder(os.path.join(root, "tokenized", k)) as tmp:
         dsd.save_to_disk(os.path.join(tmp, "data"))
         with open(os.path.join(tmp, "stats.json"), "w") as fh:
             json.dump(stats, fh)
-        final = os.path.join(base, k)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)

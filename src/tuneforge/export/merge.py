@@ -2,8 +2,6 @@
 
 import logging
 import os
-import shutil
-import tempfile
 
 from tuneforge import TuneforgeError
 
@@ -35,15 +33,6 @@ def _check_target(export_dir: str, overwrite: bool) -> None:
         raise TuneforgeError(f"export_dir `{export_dir}` is not empty; choose a new export_dir, or set export_overwrite: true to replace it")
 
 
-def _default_permissions(folder: str) -> None:
-    """mkdtemp makes a private folder; give the export the permissions a normal folder would have."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for name in os.listdir(folder):
-        os.chmod(os.path.join(folder, name), 0o666 & ~umask)
-
-
 def export_model(cfg) -> str:
     """Merge and save to `export_dir`: safetensors shards of at most `export_size` GB in `export_dtype`, the
     tokenizer with its chat template, and (with `export_ollama`) a Modelfile. Written to a temporary folder
@@ -57,10 +46,9 @@ def export_model(cfg) -> str:
                                      cfg.data.template)
     model = model.to(getattr(torch, exp.export_dtype))
     model.config.use_cache = True
-    parent = os.path.dirname(os.path.abspath(exp.export_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".export-")
-    try:
+    from tuneforge.fsutil import atomic_folder
+
+    with atomic_folder(exp.export_dir, public=True) as tmp:
         model.save_pretrained(tmp, max_shard_size=f"{int(exp.export_size * 1000)}MB")
         tokenizer.save_pretrained(tmp)
         if exp.export_ollama:
@@ -68,12 +56,5 @@ def export_model(cfg) -> str:
 
             with open(os.path.join(tmp, "Modelfile"), "w", encoding="utf-8") as fh:
                 fh.write(ollama_modelfile(tokenizer))
-        _default_permissions(tmp)
-        if os.path.isdir(exp.export_dir):
-            shutil.rmtree(exp.export_dir)
-        os.replace(tmp, exp.export_dir)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s model to %s", exp.export_dtype, os.path.abspath(exp.export_dir))
     return exp.export_dir

@@ -67,7 +67,7 @@ def input_from_config(cfg, **overrides) -> EstimateInput:
         freeze_trainable_layers=get("freeze_trainable_layers", 2), galore_rank=get("galore_rank", 16),
         galore_layerwise=get("galore_layerwise", False), lisa_layers=get("lisa_layers", 2),
         lisa_train_embeddings=get("lisa_train_embeddings", True), num_virtual_tokens=get("num_virtual_tokens", 20),
-        world_size=world, sharding=sharding,
+        world_size=world, sharding=sharding, grad_accum=int(args.get("gradient_accumulation_steps", 1)),
     )
     for k, v in overrides.items():
         if v is not None:

@@ -44,6 +44,7 @@ class EstimateInput:
     lisa_layers: int = 2
     lisa_train_embeddings: bool = True
     num_virtual_tokens: int = 20
+    grad_accum: int = 1
     world_size: int = 1
     sharding: str = "none"
 
@@ -61,14 +62,16 @@ class MemoryReport:
     total_params: int
     convention: str
     detail: dict = field(default_factory=dict)
+    overlap: float = 0.0  # bytes that never coexist (gradients fill as backward frees activations)
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.overhead
+        return self.weights + self.gradients + self.optimizer + self.activations + self.overhead - self.overlap
 
     def to_dict(self) -> dict:
         out = {f"{k}_gib": round(getattr(self, k) / GIB, 3) for k in ("weights", "gradients", "optimizer", "activations", "overhead")}
         out["total_gib"] = round(self.total / GIB, 3)
+        out["overlap_gib"] = round(self.overlap / GIB, 3)
         out.update(trainable_params=self.trainable_params, total_params=self.total_params, convention=self.convention,
                    detail=self.detail)
         return out
@@ -231,9 +234,10 @@ def activation_bytes(shape: ModelShape, x: EstimateInput, detail: dict) -> float
     else:
         layers = graph_layers * per_layer
         how = f"{graph_layers} layers x {per_layer / 2**20:.1f} MiB"
-    logits = 3 * x.batch * x.seq * shape.vocab * 4  # logits, log-softmax output, their gradient (fp32 in the loss)
+    # fp32 logits, the log-softmax output kept by cross-entropy, and the two gradients its backward creates
+    logits = 4 * x.batch * x.seq * shape.vocab * 4
     embeddings = tokens * shape.hidden * d * 2  # embedding output and final norm input
-    detail["activations"] = f"{how}; logits/loss buffers 3 x b x s x vocab x 4 B = {logits / GIB:.3f} GiB"
+    detail["activations"] = f"{how}; logits/loss buffers 4 x b x s x vocab x 4 B = {logits / GIB:.3f} GiB"
     detail["logits_gib"] = round(logits / GIB, 3)
     return layers + logits + embeddings
 
@@ -266,10 +270,18 @@ def estimate_shape(shape: ModelShape, x: EstimateInput, convention: str = "reali
     acts = activation_bytes(shape, x, detail)
     if x.autocast and x.dtype == "float32" and x.finetuning_type not in ("lora", "prefix", "prompt"):
         acts += trainable_params(shape, x) * BYTES[x.autocast]  # autocast caches 16-bit copies of trainable weights
-    context = 0.5 * GIB if x.device == "cuda" else 0.0
+    # CUDA: the context (outside torch's allocator). CPU: tokenizer, datasets and Trainer objects in the process.
+    context = 0.5 * GIB if x.device == "cuda" else 0.1 * GIB
     overhead = context + 0.1 * acts + 0.02 * (weights + grads + opt)
-    detail["overhead"] = ("CUDA context 0.5 GiB + " if context else "") + "allocator slack: 10% of activations + 2% of the rest"
-    return MemoryReport(weights, grads, opt, acts, overhead, trainable_params(shape, x), shape.total_params, "realistic", detail)
+    detail["overhead"] = ("CUDA context 0.5 GiB" if x.device == "cuda" else "tokenizer, data and Trainer 0.1 GiB") + \
+        " + allocator slack: 10% of activations + 2% of the rest"
+    # Without accumulation, gradients are cleared after each step (set to None) and filled during backward as
+    # activations are freed, so the two peaks do not add up; with accumulation they persist into the next forward.
+    overlap = min(acts, grads) if x.grad_accum <= 1 else 0.0
+    if overlap:
+        detail["overlap"] = "gradients fill as backward frees activations: the total counts the larger of the two"
+    return MemoryReport(weights, grads, opt, acts, overhead, trainable_params(shape, x), shape.total_params, "realistic", detail,
+                        overlap)
 
 
 def _article(shape: ModelShape, x: EstimateInput) -> MemoryReport:
@@ -296,6 +308,7 @@ def describe(report: MemoryReport, available: float | None = None) -> str:
              f"{'optimizer':<12}{report.optimizer / GIB:>9.2f} GiB  {report.detail.get('optimizer', '')}",
              f"{'activations':<12}{report.activations / GIB:>9.2f} GiB  {report.detail.get('activations', '')}",
              f"{'overhead':<12}{report.overhead / GIB:>9.2f} GiB  {report.detail.get('overhead', '')}",
+             *([f"{'overlap':<12}{-report.overlap / GIB:>9.2f} GiB  {report.detail.get('overlap', '')}"] if report.overlap else []),
              f"{'total':<12}{report.total / GIB:>9.2f} GiB" + (f"  of {available / GIB:.1f} GiB available "
                                                                f"({'fits' if report.total <= available else 'does NOT fit'})"
                                                                if available else "")]

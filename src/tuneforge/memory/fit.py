@@ -51,7 +51,7 @@ def search(shape: ModelShape, base: EstimateInput, budget: float, effective_batc
     for name, change, speed in CANDIDATES:
         for gc in (False, True):
             for micro in micro_sizes:
-                x = replace(base, **change, gradient_checkpointing=gc, batch=micro)
+                x = replace(base, **change, gradient_checkpointing=gc, batch=micro, grad_accum=max(1, effective // micro))
                 if "optim" not in change:
                     x.optim = "adamw_torch"
                 report = estimate_shape(shape, x)

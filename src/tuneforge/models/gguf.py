@@ -3,8 +3,6 @@
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 import time
 
 from tuneforge.models.aliases import ModelSource
@@ -50,16 +48,10 @@ def convert(source: ModelSource, cache_root: str) -> str:
     if missing or unexpected:
         raise RuntimeError(f"GGUF conversion of {source.path} lost weights: missing {missing[:5]}, unexpected {unexpected[:5]}")
     plain.tie_weights()
-    os.makedirs(os.path.dirname(folder), exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(folder), prefix=".tmp-")
-    try:
+    from tuneforge.fsutil import atomic_folder
+
+    with atomic_folder(folder) as tmp:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if os.path.exists(folder):
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
     log.info("converted in %.1f s", time.time() - t0)
     return folder
