@@ -14,7 +14,8 @@ def atomic_folder(final: str, public: bool = False):
         final: the folder to (re)place.
         public: give the folder and its files the permissions a normal folder would have (mkdtemp's are private).
     """
-    parent = os.path.dirname(os.path.abspath(final))
+    final = os.path.abspath(final)  # normalised: `run/../cache` must not need `run` to exist
+    parent = os.path.dirname(final)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
     try:
