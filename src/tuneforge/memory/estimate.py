@@ -3,8 +3,9 @@ buffers) and overhead for every method, from a model's config.json alone.
 
 Two conventions:
 - `realistic` (default): what PyTorch really keeps: the real architecture (GQA, gated MLP widths, tied
-  embeddings), gradients, fp32 master weights where they exist, the tensors autograd saves per layer with SDPA,
-  three vocabulary-sized fp32 buffers around the loss, allocator overhead.
+  embeddings), gradients, fp32 master weights where they exist, the tensors autograd saves per layer,
+  vocabulary-sized fp32 buffers around the loss, framework and allocator overhead. Three constants
+  (LOSS_BUFFERS, CPU_FRAMEWORK, the CPU 4-bit dequantized copies) were fitted to measured peaks.
 - `article`: the seed article's accounting (bf16 weights, fp32 AdamW states, no gradients, Korthikanti
   activations s*b*h*(34 + 5*a*s/h) per layer at 2 bytes per unit; checkpointing keeps sqrt(L) layers).
 """
@@ -17,6 +18,9 @@ from tuneforge.memory.shapes import ModelShape
 GIB = 2**30
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 SHARDINGS = ("none", "ddp", "zero1", "zero2", "zero3", "fsdp")
+LOSS_BUFFERS = 2  # vocabulary-sized fp32 buffers alive at the loss peak (fitted: benchmarks/estimator_accuracy.py)
+CPU_FRAMEWORK = 0.3  # GiB: libraries loaded on first use, tokenizer, data, Trainer (fitted likewise)
+SLACK = 0.05  # allocator slack on activations
 METHODS = ("full", "freeze", "lora", "galore", "lisa", "prefix", "prompt")
 
 
@@ -203,18 +207,15 @@ def _master_weights(x: EstimateInput) -> bool:
 # ---------------------------------------------------------------- activations
 
 def layer_activation_bytes_per_token(shape: ModelShape, x: EstimateInput) -> float:
-    """Tensors autograd keeps for one decoder layer, per token: the input and output of both RMSNorms (4h),
-    rotated q, k, v (k and v repeated to all heads), the attention output and its contiguous copy (5 q_dim), and
-    the MLP's gate, up, activation and product (4 I). Attention scores and probabilities (2 a s per token) are kept
-    by eager attention, and by SDPA on the CPU (its math path); on CUDA SDPA uses flash/memory-efficient kernels
-    that keep none. LoRA on a frozen base keeps about 0.75 x the adapted layers' output widths more (measured on
-    SmolLM2 and a GQA model: peft's adapter branch outputs)."""
+    """Tensors autograd keeps for one decoder layer, per token: the two normalised inputs (2h), q, the attention
+    output and its contiguous copy (3 q_dim), k and v (2 kv_dim), the MLP's gate, up and product (3 I); attention
+    probabilities (a s per token) are kept by eager attention and by SDPA on the CPU (its math path); on CUDA SDPA
+    uses flash/memory-efficient kernels that keep none. Checked against measured peaks by
+    benchmarks/estimator_accuracy.py (SmolLM2, a GQA and a large-vocabulary model)."""
     d = BYTES[x.autocast] if x.autocast else BYTES[x.dtype]
-    units = 4 * shape.hidden + 5 * shape.q_dim + 4 * shape.intermediate
+    units = 2 * shape.hidden + 3 * shape.q_dim + 2 * shape.kv_dim + 3 * shape.intermediate
     if x.attn_implementation == "eager" or x.device == "cpu":
-        units += 2 * shape.heads * x.seq
-    if x.finetuning_type == "lora":
-        units += 0.75 * sum(out for _, out in _lora_targets(shape, x.lora_target).values())
+        units += shape.heads * x.seq
     return units * d
 
 
@@ -235,9 +236,9 @@ def activation_bytes(shape: ModelShape, x: EstimateInput, detail: dict) -> float
         layers = graph_layers * per_layer
         how = f"{graph_layers} layers x {per_layer / 2**20:.1f} MiB"
     # fp32 logits, the log-softmax output kept by cross-entropy, and the two gradients its backward creates
-    logits = 4 * x.batch * x.seq * shape.vocab * 4
+    logits = LOSS_BUFFERS * x.batch * x.seq * shape.vocab * 4
     embeddings = tokens * shape.hidden * d * 2  # embedding output and final norm input
-    detail["activations"] = f"{how}; logits/loss buffers 4 x b x s x vocab x 4 B = {logits / GIB:.3f} GiB"
+    detail["activations"] = f"{how}; logits/loss buffers {LOSS_BUFFERS} x b x s x vocab x 4 B = {logits / GIB:.3f} GiB"
     detail["logits_gib"] = round(logits / GIB, 3)
     return layers + logits + embeddings
 
@@ -268,13 +269,16 @@ def estimate_shape(shape: ModelShape, x: EstimateInput, convention: str = "reali
     if x.sharding in ("zero3", "fsdp") and x.world_size > 1:
         weights += 2 * shape.layer_params * BYTES[x.dtype]  # layers gathered for compute
     acts = activation_bytes(shape, x, detail)
+    if x.quantization_bit and x.device == "cpu":  # measured: bitsandbytes' CPU path keeps dequantized weights
+        acts += shape.layers * shape.layer_linear_params * 4
+        detail["activations"] += "; + dequantized fp32 copies of the quantized weights (bitsandbytes on the CPU)"
     if x.autocast and x.dtype == "float32" and x.finetuning_type not in ("lora", "prefix", "prompt"):
         acts += trainable_params(shape, x) * BYTES[x.autocast]  # autocast caches 16-bit copies of trainable weights
     # CUDA: the context (outside torch's allocator). CPU: tokenizer, datasets and Trainer objects in the process.
-    context = 0.5 * GIB if x.device == "cuda" else 0.1 * GIB
-    overhead = context + 0.1 * acts + 0.02 * (weights + grads + opt)
+    context = 0.5 * GIB if x.device == "cuda" else CPU_FRAMEWORK * GIB
+    overhead = context + SLACK * acts + 0.02 * (weights + grads + opt)
     detail["overhead"] = ("CUDA context 0.5 GiB" if x.device == "cuda" else "tokenizer, data and Trainer 0.1 GiB") + \
-        " + allocator slack: 10% of activations + 2% of the rest"
+        f" + allocator slack: {SLACK:.0%} of activations + 2% of the rest"
     # Without accumulation, gradients are cleared after each step (set to None) and filled during backward as
     # activations are freed, so the two peaks do not add up; with accumulation they persist into the next forward.
     overlap = min(acts, grads) if x.grad_accum <= 1 else 0.0
