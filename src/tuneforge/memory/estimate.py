@@ -219,23 +219,35 @@ def layer_activation_bytes_per_token(shape: ModelShape, x: EstimateInput) -> flo
     return units * d
 
 
+def frozen_layer_saving_per_token(shape: ModelShape, x: EstimateInput) -> float:
+    """A layer in the backward graph without trainable weights keeps no linear inputs: the two normalised
+    inputs, the o_proj input and the down_proj input (2h + q_dim + I) are not saved."""
+    d = BYTES[x.autocast] if x.autocast else BYTES[x.dtype]
+    return (2 * shape.hidden + shape.q_dim + shape.intermediate) * d
+
+
 def activation_bytes(shape: ModelShape, x: EstimateInput, detail: dict) -> float:
     tokens = x.batch * x.seq + (x.batch * x.num_virtual_tokens if x.finetuning_type in ("prompt",) else 0)
     per_layer = layer_activation_bytes_per_token(shape, x) * tokens
-    if x.finetuning_type == "freeze":
-        graph_layers = min(abs(x.freeze_trainable_layers), shape.layers)
-    elif x.finetuning_type == "lisa" and not x.lisa_train_embeddings:
-        graph_layers = shape.layers  # worst case: the lowest layer is active
-    else:
-        graph_layers = shape.layers
+    frozen_per_layer = per_layer - frozen_layer_saving_per_token(shape, x) * tokens
+    m = x.finetuning_type
+    if m == "freeze":  # layers below the trained ones are not in the backward graph at all
+        trained, frozen = min(abs(x.freeze_trainable_layers), shape.layers), 0
+    elif m == "lisa":  # gradients flow through every layer (to the embeddings, or worst case from the lowest active one)
+        trained = min(x.lisa_layers, shape.layers)
+        frozen = shape.layers - trained
+    elif m in ("prefix", "prompt"):
+        trained, frozen = 0, shape.layers
+    else:  # full, galore, lora (LoRA keeps the inputs of the adapted linears)
+        trained, frozen = shape.layers, 0
     d = BYTES[x.autocast] if x.autocast else BYTES[x.dtype]
+    graph_layers = trained + frozen
     if x.gradient_checkpointing:
         layers = graph_layers * shape.hidden * d * tokens + per_layer  # each layer's input, plus one layer recomputed
         how = f"checkpointing: {graph_layers} layer inputs + one layer recomputed"
     else:
-        layers = graph_layers * per_layer
-        how = f"{graph_layers} layers x {per_layer / 2**20:.1f} MiB"
-    # fp32 logits, the log-softmax output kept by cross-entropy, and the two gradients its backward creates
+        layers = trained * per_layer + frozen * frozen_per_layer
+        how = f"{trained} layers x {per_layer / 2**20:.1f} MiB" + (f" + {frozen} frozen x {frozen_per_layer / 2**20:.1f} MiB" if frozen else "")
     logits = LOSS_BUFFERS * x.batch * x.seq * shape.vocab * 4
     embeddings = tokens * shape.hidden * d * 2  # embedding output and final norm input
     detail["activations"] = f"{how}; logits/loss buffers {LOSS_BUFFERS} x b x s x vocab x 4 B = {logits / GIB:.3f} GiB"
