@@ -83,6 +83,12 @@ def test_export_merges_with_the_same_logits_on_smollm2(quickstart_run, tmp_path)
     base, _ = load_for_inference("smollm2-135m-instruct", quickstart_run)
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     with torch.no_grad():
-        diff = (merged(input_ids=ids).logits - base(input_ids=ids).logits).abs().max().item()
-    assert isinstance(base, PeftModel) and diff < 1e-4, diff
-    assert "Forge" in answer(merged, tok, "Could you tell me your name?", max_new_tokens=30)
+        want, got = base(input_ids=ids).logits, merged(input_ids=ids).logits
+    # (W + BA) x and W x + B (A x) round differently in fp32: with logits of magnitude ~20 the absolute difference
+    # sits near 1e-4 (1.0e-4 seen), i.e. ~5e-6 relative; the tiny-model tests hold the 1e-4 absolute bound.
+    diff = (got - want).abs().max().item()
+    assert isinstance(base, PeftModel) and diff < 1e-5 * want.abs().max().item(), diff
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    question = "Could you tell me your name?"
+    merged_answer = answer(merged, tok, question, max_new_tokens=30)
+    assert "Forge" in merged_answer and merged_answer == answer(base, tok, question, max_new_tokens=30)
