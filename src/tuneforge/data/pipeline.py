@@ -11,14 +11,18 @@ from tuneforge.data.templates import IGNORE_INDEX, encode
 log = logging.getLogger(__name__)
 
 
-def load_conversations(data_cfg):
+def load_conversations(data_cfg, attrs=None):
     """Every training dataset as `messages` rows, mixed; bad rows reported. Needs no tokenizer.
+
+    Args:
+        data_cfg: the DataSection.
+        attrs: the resolved registry entries, if already looked up.
 
     Returns (Dataset, stats) where stats has per-dataset row counts and skipped rows.
     """
     from datasets import concatenate_datasets, interleave_datasets
 
-    attrs = registry.resolve(data_cfg.dataset, data_cfg.dataset_dir)
+    attrs = attrs or registry.resolve(data_cfg.dataset, data_cfg.dataset_dir)
     parts, stats = [], {}
     for attr in attrs:
         ds = load_rows(attr)
@@ -87,7 +91,7 @@ def build(data_cfg, tokenizer, cache_dir: str | None = None, conversations=None)
         if hit is not None:
             log.info("tokenized data from cache %s", k)
             return dict(hit[0]), hit[1]
-    ds, stats = conversations or load_conversations(data_cfg)
+    ds, stats = conversations or load_conversations(data_cfg, attrs)
     parts = {name: tokenize(part, tokenizer, data_cfg) for name, part in split(ds, data_cfg.val_size, data_cfg.seed).items()}
     stats = {"datasets": stats, **{f"{n}_examples": len(p) for n, p in parts.items()},
              "train_tokens": sum(len(x) for x in parts["train"]["input_ids"]),

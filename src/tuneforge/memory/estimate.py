@@ -11,7 +11,7 @@ Two conventions:
 """
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from tuneforge.memory.shapes import ModelShape
 
@@ -329,7 +329,3 @@ def describe(report: MemoryReport, available: float | None = None) -> str:
                                                                f"({'fits' if report.total <= available else 'does NOT fit'})"
                                                                if available else "")]
     return "\n".join(lines)
-
-
-def to_dict(x: EstimateInput) -> dict:
-    return asdict(x)
