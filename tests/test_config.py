@@ -147,3 +147,12 @@ def test_every_method_section_field_has_help():
     for cls in {**BASE_SECTIONS, **METHOD_SECTIONS}.values():
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
+
+
+def test_packing_defaults_on_where_exact():
+    assert config.load(None, {"output_dir": "o"}).data.packing is True
+    assert config.load(None, {"output_dir": "o", "finetuning_type": "full"}).data.packing is True
+    assert config.load(None, {"output_dir": "o", "packing": False}).data.packing is False
+    # prompt learning puts virtual tokens in front of the row, which packing cannot keep apart
+    assert config.load(None, {"output_dir": "o", "finetuning_type": "prefix"}).data.packing is False
+    assert config.load(None, {"output_dir": "o", "finetuning_type": "prompt"}).data.packing is False

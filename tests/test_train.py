@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+import yaml
 
 from tuneforge.cli import main
 
@@ -121,12 +122,20 @@ def test_full_and_freeze_runs_save_a_model(tiny_model_dir, data_dir, run_dir, me
     AutoModelForCausalLM.from_pretrained(run_dir)
 
 
-def test_packing_gives_each_example_its_own_logits(tiny_model_dir, tiny_tokenizer):
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "sdpa_packed"])
+def test_packing_gives_each_example_its_own_logits(tiny_model_dir, tiny_tokenizer, attn, monkeypatch):
     from transformers import AutoModelForCausalLM
+    from transformers.integrations import sdpa_attention
 
     from tuneforge.data import build_collator, encode
+    from tuneforge.models import packed_attention
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
+    packed_attention.register()
+    calls = []
+    real = sdpa_attention.sdpa_attention_forward
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward",
+                        lambda *a, **k: calls.append(a[2].shape[2]) or real(*a, **k))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attn).eval()
     model.config.use_cache = False  # as in training: a KV cache would switch off packed-sequence masks
     convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
              for q, a in [("Who are you?", "I am Forge."), ("What is 2 + 3?", "5"), ("hi", "hello there, friend")]]
@@ -137,7 +146,9 @@ def test_packing_gives_each_example_its_own_logits(tiny_model_dir, tiny_tokenize
     packed = build_collator(tiny_tokenizer, packing=True)(feats)
     assert "attention_mask" not in packed and packed["input_ids"].shape[0] == 1
     with torch.no_grad():
-        logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"]).logits[0]
+        logits = model(**{k: v for k, v in packed.items() if k != "labels"}).logits[0]
+        if attn == "sdpa_packed":  # one SDPA call per example and layer, each on that example's tokens only
+            assert calls == [len(f["input_ids"]) for f in feats] * model.config.num_hidden_layers
         start = 0
         for f in feats:
             n = len(f["input_ids"])
@@ -150,3 +161,20 @@ def test_packed_training_run(tiny_model_dir, data_dir, run_dir):
     assert train(tiny_model_dir, data_dir, run_dir, "packing=true") == 0
     results = json.load(open(os.path.join(run_dir, "all_results.json")))
     assert results["train_tokens_per_second"] > 0
+
+
+def _losses(run):
+    return [json.loads(line)["loss"] for line in open(os.path.join(run, "trainer_log.jsonl")) if '"loss"' in line]
+
+
+@pytest.mark.parametrize("method", [["finetuning_type=lora"], ["finetuning_type=full", "learning_rate=1e-3"]])
+def test_fast_paths_train_like_the_plain_path(tiny_model_dir, data_dir, tmp_path, method):
+    """Packing + per-example SDPA + supervised-only logits follow the padded, full-logits run step for step."""
+    fast, plain = str(tmp_path / "fast"), str(tmp_path / "plain")
+    assert train(tiny_model_dir, data_dir, fast, *method) == 0
+    assert train(tiny_model_dir, data_dir, plain, *method, "packing=false", "supervised_logits_only=false") == 0
+    a, b = _losses(fast), _losses(plain)
+    assert len(a) == len(b) == 6 and a[0] > 0
+    assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (a, b)
+    cfg = yaml.safe_load(open(os.path.join(fast, "tuneforge_config.yaml")))
+    assert cfg.get("packing") is True or cfg.get("data", {}).get("packing") is True

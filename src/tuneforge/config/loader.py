@@ -179,6 +179,10 @@ def from_flat(flat: dict[str, Any], purpose: str = "train") -> RunConfig:
     problems += _validate(cfg, set(flat), purpose)
     if problems:
         raise ConfigError(problems)
+    if cfg.data.packing is None:
+        from tuneforge import methods
+
+        cfg.data.packing = methods.get(cfg.method.finetuning_type).packs
     if cfg.ignored:
         logger.warning("LLaMA-Factory keys accepted but not used by tuneforge (they have no effect): %s", ", ".join(cfg.ignored))
     return cfg

@@ -50,7 +50,9 @@ class DataSection:
     val_size: float = field(0.0, help="Held-out share (<1) or count (>=1) of the training rows for evaluation.")
     train_on_prompt: bool = field(False, help="Also compute the loss on prompt tokens.")
     mask_history: bool = field(False, help="Compute the loss on the last assistant turn only.")
-    packing: bool = field(False, help="Pack several examples into one row; positions restart and no token attends across examples.")
+    packing: bool | None = field(
+        None, help="Pack each batch's examples into one row without padding; positions restart and no token attends across "
+                   "examples (exact). Default: on for every method that keeps it exact (all but prefix and prompt tuning).")
     mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = field("concat", help="How several datasets are mixed.")
     interleave_probs: list[float] | None = field(None, help="Sampling probabilities per dataset for interleaving.")
     strict: bool = field(False, help="Fail on the first malformed row instead of skipping and reporting them.")
@@ -83,6 +85,8 @@ class MethodSection:
     stage: Literal[STAGES] = field("sft", help="Training stage: pt, sft, rm, ppo, dpo or kto.")  # type: ignore[valid-type]
     finetuning_type: str = field("lora", help="Fine-tuning method: full, freeze, lora, galore, lisa, prefix or prompt.")
     memory_check: bool = field(True, help="Refuse to start when the memory estimate is far above the memory available.")
+    supervised_logits_only: bool = field(
+        True, help="Project onto the vocabulary only where labels are supervised, in chunks (same loss, less time and memory).")
 
     def validate(self) -> list[str]:
         return []

@@ -47,5 +47,5 @@ def _apply(kind: str):
     return apply
 
 
-register_method("prefix", PromptLearningSection, _apply("prefix"))
-register_method("prompt", PromptLearningSection, _apply("prompt"))
+register_method("prefix", PromptLearningSection, _apply("prefix"), packs=False)
+register_method("prompt", PromptLearningSection, _apply("prompt"), packs=False)

@@ -28,6 +28,7 @@ class Method:
     callbacks(cfg) -> list[TrainerCallback]: callbacks the method needs during training (LISA's layer switching).
     training_args(cfg) -> dict: TrainingArguments values the method sets (GaLore's optimizer).
     save(model, output_dir, cfg) -> bool: save the trained weights itself (PiSSA's conversion), or False.
+    packs: whether packed rows stay exact with this method (`packing` defaults to it).
     """
 
     name: str
@@ -37,6 +38,7 @@ class Method:
     callbacks: Callable[[Any], list] = _no_callbacks
     training_args: Callable[[Any], dict] = _no_args
     save: Callable[[Any, str, Any], bool] = lambda model, output_dir, cfg: False
+    packs: bool = True
 
 
 METHODS: dict[str, Method] = {}
@@ -48,7 +50,7 @@ def register_method(name: str, section: type | None, apply, **hooks) -> None:
         raise ValueError(f"method name `{name}` must be lowercase letters, digits and underscores")
     if name in METHODS:
         raise ValueError(f"method `{name}` is already registered")
-    unknown = set(hooks) - {"optimizer", "callbacks", "training_args", "save"}
+    unknown = set(hooks) - {"optimizer", "callbacks", "training_args", "save", "packs"}
     if unknown:
         raise ValueError(f"method `{name}`: unknown hook(s) {', '.join(sorted(unknown))}")
     register_section(name, section if section is not None else _empty_section(name))

@@ -40,8 +40,9 @@ def load_tokenizer(folder: str, model_cfg):
     return tok
 
 
-def load_model(folder: str, model_cfg, dtype):
-    """AutoModelForCausalLM from a local folder with the configured dtype and attention kernel."""
+def load_model(folder: str, model_cfg, dtype, attn_implementation: str | None = None):
+    """AutoModelForCausalLM from a local folder with the configured dtype and attention kernel
+    (`attn_implementation` overrides the configured one, e.g. with `sdpa_packed` for packed rows)."""
     from transformers import AutoModelForCausalLM
 
     from tuneforge.models.quantization import bnb_config
@@ -49,7 +50,7 @@ def load_model(folder: str, model_cfg, dtype):
     quant = bnb_config(model_cfg, dtype)
     extra = {"quantization_config": quant} if quant is not None else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=model_cfg.attn_implementation,
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation or model_cfg.attn_implementation,
                                                      trust_remote_code=model_cfg.trust_remote_code, **extra)
     except ValueError as e:
         if "trust_remote_code" in str(e):

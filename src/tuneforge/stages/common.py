@@ -31,7 +31,12 @@ def load_model(cfg, folder):
     from transformers import set_seed
 
     set_seed(cfg.data.seed)
-    model = models.load_model(folder, cfg.model, models.resolve_dtype(cfg.model, cfg.train.args))
+    attn = None
+    if cfg.data.packing and cfg.model.attn_implementation == "sdpa":
+        from tuneforge.models import packed_attention
+
+        attn = packed_attention.register()  # SDPA per packed example instead of one masked square
+    model = models.load_model(folder, cfg.model, models.resolve_dtype(cfg.model, cfg.train.args), attn)
     model = methods.get(cfg.method.finetuning_type).apply(model, cfg)
     trainable, total = count_parameters(model)
     log.info("method %s: %s trainable of %s parameters (%.3f%%)", cfg.method.finetuning_type, f"{trainable:,}", f"{total:,}",
@@ -41,7 +46,7 @@ def load_model(cfg, folder):
 
 def build_trainer(cfg, model, tokenizer, datasets: dict, collator, trainer_cls=None):
     """A Hugging Face Trainer with the method's optimizer groups and callbacks plus our log callbacks."""
-    from transformers import Trainer
+    from tuneforge.train.trainer import SupervisedLossTrainer
 
     method = methods.get(cfg.method.finetuning_type)
     args = build_training_arguments(cfg, overrides=method.training_args(cfg))
@@ -51,12 +56,13 @@ def build_trainer(cfg, model, tokenizer, datasets: dict, collator, trainer_cls=N
                     "so bitsandbytes keeps the state in ordinary memory (same numbers, no paging)", optim)
     optimizer = method.optimizer(model, cfg, args)
     counter = TokenCounter()
-    trainer = (trainer_cls or Trainer)(
+    trainer = (trainer_cls or SupervisedLossTrainer)(
         model=model, args=args, train_dataset=datasets["train"], eval_dataset=datasets.get("eval"),
         processing_class=tokenizer, data_collator=collator, optimizers=(optimizer, None),
         callbacks=[JsonlLogger(cfg.output.output_dir), counter, *method.callbacks(cfg)],
     )
     trainer.token_counter = counter
+    trainer.supervised_logits_only = cfg.method.supervised_logits_only
     return trainer
 
 
