@@ -105,12 +105,13 @@ def test_lm_head_sees_only_supervised_rows(tiny_model_dir):
 
 
 def test_lora_and_prompt_tuning_losses_match(tiny_model_dir):
-    """PEFT wrappers: LoRA (head untouched) and prompt tuning (virtual tokens in front of the real ones)."""
-    from peft import LoraConfig, PromptTuningConfig, get_peft_model
+    """PEFT wrappers: LoRA (head untouched), prompt tuning (virtual tokens in front of the real ones), prefix tuning."""
+    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     for peft_cfg in (LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False),
-                     PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)):
+                     PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3),
+                     PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3)):
         torch.manual_seed(0)
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), peft_cfg)
         batch = _batch(model.config.vocab_size)
