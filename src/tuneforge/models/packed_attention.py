@@ -28,18 +28,11 @@ def packed_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, 
     return torch.cat(outs, dim=1), None
 
 
-def packed_sdpa_mask(*args, **kwargs):
-    """The SDPA mask; packed rows do not read it, padded batches need it."""
-    from transformers.masking_utils import sdpa_mask
-
-    return sdpa_mask(*args, **kwargs)
-
-
 def register() -> str:
     """Make `sdpa_packed` a valid `attn_implementation`; returns its name."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(NAME, packed_sdpa_forward)
-    AttentionMaskInterface.register(NAME, packed_sdpa_mask)
+    AttentionMaskInterface.register(NAME, sdpa_mask)  # packed rows do not read the mask; padded batches need it
     return NAME

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-IGNORE_INDEX = -100
+from tuneforge.data.templates import IGNORE_INDEX
 CHUNK_BYTES = 32 * 2**20  # fp32 logits held at once by the fused path
 
 
