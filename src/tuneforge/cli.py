@@ -267,7 +267,25 @@ COMMANDS = {"train": cmd_train, "estimate": cmd_estimate, "chat": cmd_chat, "api
             "version": cmd_version}
 
 
+def _preload_allocator(args: list[str]) -> None:
+    """Re-execute this command once with tcmalloc/jemalloc preloaded when the run's `allocator` asks for it."""
+    from tuneforge.config import parse_overrides, read_yaml
+    from tuneforge.config.errors import ConfigError
+    from tuneforge.train import allocator
+
+    if args and args[0].startswith("--help"):
+        return
+    path, overrides = _split_args(args)
+    try:
+        flat = {**(read_yaml(path) if path else {}), **parse_overrides(overrides)}
+    except ConfigError:
+        return  # the full config load reports it
+    allocator.reexec(["train", *args], allocator.requested(flat))
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Entry point. Called with argv (tests, other code) it never re-executes the process."""
+    argv_from_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -285,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     from tuneforge import TuneforgeError
 
     try:
+        if argv_from_process and command == "train":
+            _preload_allocator(rest)
         return COMMANDS[command](rest)
     except TuneforgeError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -87,6 +87,9 @@ class MethodSection:
     memory_check: bool = field(True, help="Refuse to start when the memory estimate is far above the memory available.")
     supervised_logits_only: bool = field(
         True, help="Project onto the vocabulary only where labels are supervised, in chunks (same loss, less time and memory).")
+    allocator: Literal["auto", "tcmalloc", "jemalloc", "system"] = field(
+        "auto", help="malloc for `tuneforge train`: auto uses tcmalloc or jemalloc when the system has it (faster, less "
+                     "fragmentation on the CPU), system keeps glibc's.")
 
     def validate(self) -> list[str]:
         return []

@@ -10,7 +10,7 @@ from tuneforge.config.train_args import build_training_arguments
 from tuneforge.data import apply_template
 from tuneforge.data.cache import cache_root
 from tuneforge.models.arch import count_parameters
-from tuneforge.train import artifacts
+from tuneforge.train import allocator, artifacts
 from tuneforge.train.callbacks import JsonlLogger, TokenCounter
 from tuneforge.train.procstats import peak_rss_gib, seconds_since_process_start
 
@@ -70,6 +70,7 @@ def train_and_save(cfg, trainer, resume: str | None, extra_metrics: dict) -> dic
     """Train, evaluate if there is held-out data, then write model, tokenizer, config, plot and all_results.json (last)."""
     out = cfg.output.output_dir
     artifacts.save_config(cfg, out)
+    malloc = allocator.report(cfg.method.allocator)
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(result.metrics)
     counter = trainer.token_counter
@@ -89,7 +90,7 @@ def train_and_save(cfg, trainer, resume: str | None, extra_metrics: dict) -> dic
                     "first_step_s": round(counter.first_step_time, 2) if counter.first_step_time is not None else None,
                     "first_step_since_process_start_s": (round(counter.first_step_since_process_start, 2)
                                                          if counter.first_step_since_process_start is not None else None),
-                    "process_wall_s": round(up, 1) if up is not None else None, **extra_metrics})
+                    "process_wall_s": round(up, 1) if up is not None else None, "malloc": malloc, **extra_metrics})
     if cfg.output.plot_loss and trainer.is_world_process_zero():
         artifacts.plot_loss(out)
     if trainer.is_world_process_zero():
