@@ -1,6 +1,7 @@
 """The memory estimator: the seed article's figures, each component's arithmetic on hand-checkable shapes,
 exact agreement with measured tensor bytes on tiny models, the CLI, --fit and the pre-run check."""
 
+import dataclasses
 import json
 
 import pytest
@@ -90,6 +91,24 @@ def test_activations_with_checkpointing_keep_layer_inputs_plus_one_layer():
     # eager keeps the attention probabilities: heads x s per token and layer (SDPA on CUDA keeps none)
     assert eager - sdpa == pytest.approx(LLAMA3_8B.layers * LLAMA3_8B.heads * 64 * 2 * 64 * 4)
     assert full == pytest.approx(eager)  # on the CPU SDPA's math path keeps them too
+
+
+def test_fused_loss_bounds_the_logits_by_one_chunk():
+    from tuneforge.memory.estimate import LOSS_BUFFERS
+    from tuneforge.models.heads import CHUNK_BYTES
+
+    x = dict(finetuning_type="lora", batch=8, seq=2048)
+    fused = estimate_shape(LLAMA3_8B, EstimateInput(**x))
+    plain = estimate_shape(LLAMA3_8B, EstimateInput(**x, supervised_logits_only=False))
+    assert plain.activations - fused.activations == pytest.approx(LOSS_BUFFERS * 8 * 2048 * LLAMA3_8B.vocab * 4 - 2 * CHUNK_BYTES)
+    # full fine-tuning trains the head: its fp32 gradient is built during the loss
+    full = estimate_shape(LLAMA3_8B, EstimateInput(**{**x, "finetuning_type": "full"}))
+    full_plain = estimate_shape(LLAMA3_8B, EstimateInput(**{**x, "finetuning_type": "full"}, supervised_logits_only=False))
+    assert full_plain.activations - full.activations == pytest.approx(
+        LOSS_BUFFERS * 8 * 2048 * LLAMA3_8B.vocab * 4 - 2 * CHUNK_BYTES - LLAMA3_8B.vocab * LLAMA3_8B.hidden * 4)
+    # an architecture without a plain head keeps the full-size buffers
+    other = dataclasses.replace(LLAMA3_8B, model_type="gemma2")
+    assert estimate_shape(other, EstimateInput(**x)).activations == pytest.approx(plain.activations)
 
 
 @pytest.mark.parametrize("sharding, divided", [("ddp", ()), ("zero1", ("optimizer",)), ("zero2", ("optimizer", "gradients")),

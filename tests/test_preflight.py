@@ -111,3 +111,17 @@ def test_gguf_conversion_is_cached(tmp_path):
     os.makedirs(folder)
     (open(os.path.join(folder, "config.json"), "w")).write("{}")
     assert gguf.convert(src, str(tmp_path)) == folder  # returns at once: nothing is loaded
+
+
+def test_gguf_cache_is_keyed_by_content_not_path(tmp_path):
+    """The same GGUF bytes in two places (two venvs) share one conversion; other bytes get their own."""
+    from tuneforge.models import gguf
+    from tuneforge.models.aliases import ModelSource
+
+    big = os.urandom(3 * gguf.SAMPLE)
+    for name, data in (("a/m.gguf", big), ("b/m.gguf", big), ("c/m.gguf", big[:-1] + b"x"), ("d/m.gguf", b"small")):
+        os.makedirs(tmp_path / os.path.dirname(name), exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    folders = [gguf.cached_folder(ModelSource(path=str(tmp_path / d / "m.gguf"), gguf_file="m.gguf"),
+                                  "/cache") for d in "abcd"]
+    assert folders[0] == folders[1] and len(set(folders)) == 3

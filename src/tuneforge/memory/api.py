@@ -68,6 +68,7 @@ def input_from_config(cfg, **overrides) -> EstimateInput:
         galore_layerwise=get("galore_layerwise", False), lisa_layers=get("lisa_layers", 2),
         lisa_train_embeddings=get("lisa_train_embeddings", True), num_virtual_tokens=get("num_virtual_tokens", 20),
         world_size=world, sharding=sharding, grad_accum=int(args.get("gradient_accumulation_steps", 1)),
+        supervised_logits_only=cfg.method.supervised_logits_only,
     )
     for k, v in overrides.items():
         if v is not None:

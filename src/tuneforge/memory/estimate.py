@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 from tuneforge.memory.shapes import ModelShape
+from tuneforge.models.heads import CHUNK_BYTES, PLAIN_HEAD_MODEL_TYPES
 
 GIB = 2**30
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -51,6 +52,7 @@ class EstimateInput:
     grad_accum: int = 1
     world_size: int = 1
     sharding: str = "none"
+    supervised_logits_only: bool = True  # the trainer's fused, chunked head + loss where the architecture allows
 
 
 @dataclass
@@ -248,9 +250,17 @@ def activation_bytes(shape: ModelShape, x: EstimateInput, detail: dict) -> float
     else:
         layers = trained * per_layer + frozen * frozen_per_layer
         how = f"{trained} layers x {per_layer / 2**20:.1f} MiB" + (f" + {frozen} frozen x {frozen_per_layer / 2**20:.1f} MiB" if frozen else "")
-    logits = LOSS_BUFFERS * x.batch * x.seq * shape.vocab * 4
     embeddings = tokens * shape.hidden * d * 2  # embedding output and final norm input
-    detail["activations"] = f"{how}; logits/loss buffers {LOSS_BUFFERS} x b x s x vocab x 4 B = {logits / GIB:.3f} GiB"
+    if x.supervised_logits_only and shape.model_type in PLAIN_HEAD_MODEL_TYPES:
+        # one chunk of fp32 logits and its exp temporary; a trained head adds its fp32 gradient built in forward
+        chunk = min(CHUNK_BYTES, x.batch * x.seq * shape.vocab * 4)
+        head_grad = shape.vocab * shape.hidden * 4 if m in ("full", "galore") or (m == "lisa" and x.lisa_train_embeddings) else 0
+        logits = 2 * chunk + head_grad
+        detail["activations"] = (f"{how}; fused chunked loss: 2 x {chunk / 2**20:.0f} MiB logits chunk"
+                                 + (f" + head gradient {head_grad / GIB:.3f} GiB" if head_grad else ""))
+    else:
+        logits = LOSS_BUFFERS * x.batch * x.seq * shape.vocab * 4
+        detail["activations"] = f"{how}; logits/loss buffers {LOSS_BUFFERS} x b x s x vocab x 4 B = {logits / GIB:.3f} GiB"
     detail["logits_gib"] = round(logits / GIB, 3)
     return layers + logits + embeddings
 

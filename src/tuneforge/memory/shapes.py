@@ -23,6 +23,7 @@ class ModelShape:
     qkv_bias: bool = False
     gated_mlp: bool = True
     name: str = ""
+    model_type: str = ""
 
     @property
     def q_dim(self) -> int:
@@ -70,7 +71,7 @@ class ModelShape:
                        heads=heads, kv_heads=cfg.get("num_key_value_heads") or heads, head_dim=cfg.get("head_dim") or h // heads,
                        tied=bool(cfg.get("tie_word_embeddings", False)),
                        qkv_bias=bool(cfg.get("attention_bias", cfg.get("model_type") == "qwen2")),
-                       name=name or cfg.get("_name_or_path", ""))
+                       name=name or cfg.get("_name_or_path", ""), model_type=cfg.get("model_type", ""))
         except KeyError as e:
             raise TuneforgeError(f"model config of `{name}` lacks {e}; the estimator needs a decoder-only config.json") from None
 

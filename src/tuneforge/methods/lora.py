@@ -79,6 +79,7 @@ def lora_config_from(sec: LoraSection, model):
 def apply(model, cfg):
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
+    from tuneforge.methods import lora_forward
     from tuneforge.models.quantization import is_quantized
 
     sec: LoraSection = cfg.method_section("lora")
@@ -88,10 +89,12 @@ def apply(model, cfg):
                                                 gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None)
     adapter = cfg.model.adapter_name_or_path
     if adapter:
-        return PeftModel.from_pretrained(model, adapter, is_trainable=True)
-    model = get_peft_model(model, lora_config_from(sec, model))
-    if sec.pissa_init:  # keep the initial adapter: saving converts PiSSA to a plain LoRA against the original base
-        model.save_pretrained(os.path.join(cfg.output.output_dir, PISSA_INIT_DIR))
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    else:
+        model = get_peft_model(model, lora_config_from(sec, model))
+        if sec.pissa_init:  # keep the initial adapter: saving converts PiSSA to a plain LoRA against the original base
+            model.save_pretrained(os.path.join(cfg.output.output_dir, PISSA_INIT_DIR))
+    lora_forward.fuse(model)
     return model
 
 

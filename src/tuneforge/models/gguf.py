@@ -10,10 +10,25 @@ from tuneforge.models.aliases import ModelSource
 log = logging.getLogger(__name__)
 
 
+SAMPLE = 8 * 2**20  # bytes hashed at each end of the file
+
+
+def content_digest(path: str) -> str:
+    """A digest of the file's content: its size, first and last 8 MiB (metadata, tokenizer, first and last
+    tensors). The same model installed in another venv or copied elsewhere maps to the same cache entry."""
+    size = os.path.getsize(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        h.update(fh.read(SAMPLE))
+        if size > 2 * SAMPLE:
+            fh.seek(size - SAMPLE)
+        h.update(fh.read(SAMPLE))
+    return h.hexdigest()[:16]
+
+
 def cached_folder(source: ModelSource, cache_root: str) -> str:
-    """Where the conversion of this exact GGUF file (path, size, mtime) lives."""
-    st = os.stat(source.path)
-    digest = hashlib.sha256(f"{source.path}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    """Where the conversion of this GGUF content lives (keyed by content, not by path or mtime)."""
+    digest = content_digest(source.path)
     stem = os.path.splitext(source.gguf_file)[0]
     return os.path.join(cache_root, "gguf", f"{stem}-{digest}")
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from tuneforge.data.templates import IGNORE_INDEX
-CHUNK_BYTES = 32 * 2**20  # fp32 logits held at once by the fused path
+from tuneforge.models.heads import CHUNK_BYTES, PLAIN_HEAD_MODEL_TYPES
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -83,8 +83,6 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
 
 
 # Heads that are exactly `logits = lm_head(hidden)`: no soft-capping, scaling or router losses after it.
-PLAIN_HEAD_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "smollm3", "gemma", "starcoder2",
-                          "stablelm", "internlm2", "yi", "deepseek", "baichuan"}
 
 
 def fused_head_ok(lm_head: nn.Module, config) -> bool:
