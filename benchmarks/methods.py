@@ -80,12 +80,19 @@ def main():
     if args.worker:
         return worker(args.worker, args.steps, args.warmup, args.out, overrides)
     names = args.only.split(",") if args.only else list(METHODS)
+    sys.path.insert(0, os.path.join(ROOT, "src"))
+    from tuneforge.config import parse_overrides
+    from tuneforge.train import allocator
+
+    # workers run under the malloc `tuneforge train` would pick (allocator=system in the overrides: glibc)
+    env = allocator.plan(allocator.requested(parse_overrides(overrides)), dict(os.environ))
+    malloc = env[allocator.MARK] if env else allocator.active()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             cmd = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps), "--warmup", str(args.warmup),
                    "--out", os.path.join(tmp, name), *overrides]
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
             lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
             if proc.returncode != 0 or not lines:
                 print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -93,7 +100,7 @@ def main():
             rows.append(json.loads(lines[-1]))
             print(f"  {name}: {rows[-1]['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
     print(f"SmolLM2-135M-Instruct, quickstart data, batch 4, cutoff 256, {args.steps} steps ({args.warmup} warm-up), "
-          f"fp32, {os.cpu_count()} CPUs")
+          f"fp32, {os.cpu_count()} CPUs, malloc {malloc}")
     head = f"{'method':<15}{'trainable':>12}{'tok/s':>8}{'peak RSS GiB':>14}{'weights GiB':>13}{'grads GiB':>11}{'optim GiB':>11}{'loss first->last':>20}"
     print(head)
     for r in rows:

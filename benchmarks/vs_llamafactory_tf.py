@@ -39,7 +39,8 @@ def run_tf(model, data, out, extra):
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(out + ".time").read()).group(1))
     return {"tokens_per_s": res["train_tokens_per_second"], "peak_rss_gib": rss_kb / 2**20, "wall_s": wall,
             "train_runtime_s": res["train_runtime"], "first_loss": losses[0], "last_loss": losses[-1],
-            "tokens": res["train_tokens"], "first_step_s": res["first_step_since_process_start_s"], "losses": losses}
+            "tokens": res["train_tokens"], "first_step_s": res["first_step_since_process_start_s"], "losses": losses,
+            "malloc": res.get("malloc", "?")}
 
 
 def read_peer(path):
@@ -66,12 +67,12 @@ def main():
     flops = lora_flops_per_token(a.model)
     print(f"SmolLM2-135M LoRA r8 all-linear, batch 4, cutoff 256, 30 steps (120 samples, 1 epoch), fp32, "
           f"{os.cpu_count()} CPUs; fp32 matmul peak {peak:.0f} GFLOP/s")
-    head = f"{'run':<34}{'real tok/s':>11}{'train s':>9}{'wall s':>8}{'peak RSS GiB':>14}{'loss first':>12}{'loss last':>11}{'tokens':>8}{'MFU':>6}"
+    head = f"{'run':<48}{'real tok/s':>11}{'train s':>9}{'wall s':>8}{'peak RSS GiB':>14}{'loss first':>12}{'loss last':>11}{'tokens':>8}{'MFU':>6}"
     print(head)
     for key, label in (("gc", "gradient checkpointing on"), ("nogc", "gradient checkpointing off")):
         for who, r in (("LLaMA-Factory 0.9.5", peer[key]), ("tuneforge", ours[key])):
             mfu = r["tokens_per_s"] * flops / (peak * 1e9)
-            print(f"{who + ', ' + label:<34}{r['tokens_per_s']:>11.1f}{r['train_runtime_s']:>9.1f}{r['wall_s']:>8.1f}"
+            print(f"{who + ', ' + label:<48}{r['tokens_per_s']:>11.1f}{r['train_runtime_s']:>9.1f}{r['wall_s']:>8.1f}"
                   f"{r['peak_rss_gib']:>14.2f}{r['first_loss']:>12.4f}{r['last_loss']:>11.4f}{int(r['tokens']):>8}{mfu:>6.0%}")
     diffs = [abs(x - y) for x, y in zip(ours["gc"]["losses"], ours["nogc"]["losses"])]
     summary = {
@@ -81,8 +82,12 @@ def main():
         "wall_speedup_nogc": peer["nogc"]["wall_s"] / ours["nogc"]["wall_s"],
         "rss_ratio_gc": ours["gc"]["peak_rss_gib"] / peer["gc"]["peak_rss_gib"],
         "rss_ratio_nogc": ours["nogc"]["peak_rss_gib"] / peer["nogc"]["peak_rss_gib"],
+        # each tool's default setting: LLaMA-Factory checkpoints, tuneforge does not
+        "speedup_default": ours["nogc"]["tokens_per_s"] / peer["gc"]["tokens_per_s"],
+        "rss_ratio_default": ours["nogc"]["peak_rss_gib"] / peer["gc"]["peak_rss_gib"],
         "tf_tokens_per_s_gc": ours["gc"]["tokens_per_s"], "tf_tokens_per_s_nogc": ours["nogc"]["tokens_per_s"],
         "mfu_nogc": ours["nogc"]["tokens_per_s"] * flops / (peak * 1e9), "matmul_peak_gflops": peak,
+        "malloc": ours["nogc"]["malloc"],
         "first_step_s": ours["nogc"]["first_step_s"], "loss_last_delta": ours["nogc"]["last_loss"] - peer["nogc"]["last_loss"],
         "gc_vs_nogc_max_loss_diff": max(diffs),
     }

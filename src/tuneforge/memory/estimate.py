@@ -20,7 +20,7 @@ GIB = 2**30
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 SHARDINGS = ("none", "ddp", "zero1", "zero2", "zero3", "fsdp")
 LOSS_BUFFERS = 2  # vocabulary-sized fp32 buffers alive at the loss peak (fitted: benchmarks/estimator_accuracy.py)
-CPU_FRAMEWORK = 0.3  # GiB: libraries loaded on first use, tokenizer, data, Trainer (fitted likewise)
+CPU_FRAMEWORK = 0.15  # GiB: libraries loaded on first use, tokenizer, data, Trainer (fitted likewise)
 SLACK = 0.05  # allocator slack on activations
 METHODS = ("full", "freeze", "lora", "galore", "lisa", "prefix", "prompt")
 
