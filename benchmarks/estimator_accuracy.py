@@ -16,9 +16,10 @@ Prints a table and ends with one key=value line (max_error_pct=...).
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
+
+from worker import run_worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = {
@@ -139,12 +140,10 @@ def main():
         for model, method in pairs:
             cmd = [sys.executable, __file__, "--steps", str(args.steps), "--worker", model, folders[model], method,
                    os.path.join(tmp, "data"), os.path.join(tmp, f"out-{model}-{method}")]
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ENV)
-            lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-            if proc.returncode != 0 or not lines:
-                print(f"{model}:{method} failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+            row = run_worker(cmd, ROOT, f"{model}:{method}", ENV)
+            if row is None:
                 continue
-            rows.append(json.loads(lines[-1]))
+            rows.append(row)
             r = rows[-1]
             print(f"  {model}:{method} predicted {r['predicted']['total_gib']:.3f} measured {r['measured']['total'] / GIB:.3f} GiB",
                   file=sys.stderr, flush=True)

@@ -9,9 +9,10 @@ Prints a table and ends with one key=value line.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
+
+from worker import run_worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = {
@@ -92,12 +93,10 @@ def main():
         for name in names:
             cmd = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps), "--warmup", str(args.warmup),
                    "--out", os.path.join(tmp, name), *overrides]
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
-            lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-            if proc.returncode != 0 or not lines:
-                print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+            row = run_worker(cmd, ROOT, f"{name}:", env)
+            if row is None:
                 continue
-            rows.append(json.loads(lines[-1]))
+            rows.append(row)
             print(f"  {name}: {rows[-1]['tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
     print(f"SmolLM2-135M-Instruct, quickstart data, batch 4, cutoff 256, {args.steps} steps ({args.warmup} warm-up), "
           f"fp32, {os.cpu_count()} CPUs, malloc {malloc}")
