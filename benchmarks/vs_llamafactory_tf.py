@@ -1,4 +1,6 @@
 """tuneforge's side of benchmarks/vs_llamafactory.sh: the same run in both checkpointing settings, then the table.
+A third run checkpoints every 2nd layer only (transformers' every_n_layers), compared with LLaMA-Factory's
+checkpointing: the memory-for-speed middle ground `tuneforge estimate --fit` suggests when full activations do not fit.
 
 Each tuneforge run is a fresh `tuneforge train` process under GNU time (peak RSS of the whole process, as for the
 peer). A one-step run first fills the tokenization cache, as any second run of a config finds it.
@@ -62,19 +64,23 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         run_tf(a.model, a.data, os.path.join(work, "warm"), ["max_steps=1"])
         ours = {"gc": run_tf(a.model, a.data, os.path.join(work, "gc"), ["gradient_checkpointing=true"]),
-                "nogc": run_tf(a.model, a.data, os.path.join(work, "nogc"), ["gradient_checkpointing=false"])}
+                "nogc": run_tf(a.model, a.data, os.path.join(work, "nogc"), ["gradient_checkpointing=false"]),
+                "gc2": run_tf(a.model, a.data, os.path.join(work, "gc2"), ["gradient_checkpointing=true",
+                                                                          'gradient_checkpointing_kwargs={"every_n_layers": 2}'])}
     peak = measure_peak()
     flops = lora_flops_per_token(a.model)
     print(f"SmolLM2-135M LoRA r8 all-linear, batch 4, cutoff 256, 30 steps (120 samples, 1 epoch), fp32, "
           f"{os.cpu_count()} CPUs; fp32 matmul peak {peak:.0f} GFLOP/s")
     head = f"{'run':<48}{'real tok/s':>11}{'train s':>9}{'wall s':>8}{'peak RSS GiB':>14}{'loss first':>12}{'loss last':>11}{'tokens':>8}{'MFU':>6}"
     print(head)
-    for key, label in (("gc", "gradient checkpointing on"), ("nogc", "gradient checkpointing off")):
-        for who, r in (("LLaMA-Factory 0.9.5", peer[key]), ("tuneforge", ours[key])):
-            mfu = r["tokens_per_s"] * flops / (peak * 1e9)
-            print(f"{who + ', ' + label:<48}{r['tokens_per_s']:>11.1f}{r['train_runtime_s']:>9.1f}{r['wall_s']:>8.1f}"
-                  f"{r['peak_rss_gib']:>14.2f}{r['first_loss']:>12.4f}{r['last_loss']:>11.4f}{int(r['tokens']):>8}{mfu:>6.0%}")
-    diffs = [abs(x - y) for x, y in zip(ours["gc"]["losses"], ours["nogc"]["losses"])]
+    rows = [("LLaMA-Factory 0.9.5, gradient checkpointing on", peer["gc"]), ("tuneforge, gradient checkpointing on", ours["gc"]),
+            ("tuneforge, checkpointing every 2nd layer", ours["gc2"]),
+            ("LLaMA-Factory 0.9.5, gradient checkpointing off", peer["nogc"]), ("tuneforge, gradient checkpointing off", ours["nogc"])]
+    for who, r in rows:
+        mfu = r["tokens_per_s"] * flops / (peak * 1e9)
+        print(f"{who:<48}{r['tokens_per_s']:>11.1f}{r['train_runtime_s']:>9.1f}{r['wall_s']:>8.1f}"
+              f"{r['peak_rss_gib']:>14.2f}{r['first_loss']:>12.4f}{r['last_loss']:>11.4f}{int(r['tokens']):>8}{mfu:>6.0%}")
+    diffs = [abs(x - y) for run in ("gc", "gc2") for x, y in zip(ours[run]["losses"], ours["nogc"]["losses"])]
     summary = {
         "speedup_gc": ours["gc"]["tokens_per_s"] / peer["gc"]["tokens_per_s"],
         "speedup_nogc": ours["nogc"]["tokens_per_s"] / peer["nogc"]["tokens_per_s"],
@@ -85,7 +91,11 @@ def main():
         # each tool's default setting: LLaMA-Factory checkpoints, tuneforge does not
         "speedup_default": ours["nogc"]["tokens_per_s"] / peer["gc"]["tokens_per_s"],
         "rss_ratio_default": ours["nogc"]["peak_rss_gib"] / peer["gc"]["peak_rss_gib"],
-        "tf_tokens_per_s_gc": ours["gc"]["tokens_per_s"], "tf_tokens_per_s_nogc": ours["nogc"]["tokens_per_s"],
+        # checkpointing every 2nd layer against LLaMA-Factory's (every layer)
+        "speedup_gc_every2": ours["gc2"]["tokens_per_s"] / peer["gc"]["tokens_per_s"],
+        "rss_ratio_gc_every2": ours["gc2"]["peak_rss_gib"] / peer["gc"]["peak_rss_gib"],
+        "tf_tokens_per_s_gc": ours["gc"]["tokens_per_s"], "tf_tokens_per_s_gc_every2": ours["gc2"]["tokens_per_s"],
+        "tf_tokens_per_s_nogc": ours["nogc"]["tokens_per_s"],
         "mfu_nogc": ours["nogc"]["tokens_per_s"] * flops / (peak * 1e9), "matmul_peak_gflops": peak,
         "malloc": ours["nogc"]["malloc"],
         "first_step_s": ours["nogc"]["first_step_s"], "loss_last_delta": ours["nogc"]["last_loss"] - peer["nogc"]["last_loss"],

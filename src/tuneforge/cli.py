@@ -120,6 +120,7 @@ def cmd_estimate(args: list[str]) -> int:
     from tuneforge.memory.api import input_from_config, shape_of
     from tuneforge.memory.estimate import SHARDINGS
     from tuneforge.memory.fit import render, search
+    from tuneforge.train import checkpointing
 
     path, overrides = _split_args(args)
     own = {"json": None, "convention": "realistic", "fit": None, "world_size": None, "sharding": None, "batch": None, "seq": None,
@@ -181,7 +182,7 @@ def cmd_estimate(args: list[str]) -> int:
         total = None
     print(f"{shape.name or cfg.model.model_name_or_path}: {x.finetuning_type}"
           f"{f' ({x.quantization_bit}-bit)' if x.quantization_bit else ''}, batch {x.batch} x seq {x.seq}, {x.dtype}"
-          f"{', checkpointing' if x.gradient_checkpointing else ''}{f', {x.sharding} x {x.world_size}' if x.world_size > 1 else ''}"
+          f"{', ' + checkpointing.describe(x.checkpoint_every) if x.gradient_checkpointing else ''}{f', {x.sharding} x {x.world_size}' if x.world_size > 1 else ''}"
           f"; {report.trainable_params:,} of {report.total_params:,} parameters train ({report.convention} accounting)")
     print(describe(report, total))
     if own["convention"] == "article":

@@ -190,7 +190,7 @@ def from_flat(flat: dict[str, Any], purpose: str = "train") -> RunConfig:
 
 def _validate(cfg: RunConfig, given: set[str], purpose: str) -> list[str]:
     problems: list[str] = []
-    for section in (cfg.model, cfg.data, cfg.method, cfg.generation, cfg.export):
+    for section in (cfg.model, cfg.data, cfg.method, cfg.train, cfg.generation, cfg.export):
         problems += section.validate()
     if purpose == "train":
         problems += cfg.output.validate()

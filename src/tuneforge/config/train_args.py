@@ -26,7 +26,9 @@ class TrainSection:
     args: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> list[str]:
-        return []
+        from tuneforge.train import checkpointing
+
+        return checkpointing.validate(self.args)
 
     def get(self, name: str, default: Any = None) -> Any:
         if name in self.args:
@@ -102,6 +104,8 @@ def build_training_arguments(cfg, check_only: bool = False, overrides: dict | No
     import torch
     from transformers import TrainingArguments
 
+    from tuneforge.train import checkpointing
+
     kwargs = {**DEFAULTS, **cfg.train.args, **(overrides or {})}
     kwargs["output_dir"] = cfg.output.output_dir or "unset"
     kwargs["seed"] = cfg.data.seed
@@ -109,7 +113,8 @@ def build_training_arguments(cfg, check_only: bool = False, overrides: dict | No
     kwargs.setdefault("include_num_input_tokens_seen", "all" if cfg.data.packing else "non_padding")
     if not torch.cuda.is_available():
         kwargs.setdefault("use_cpu", True)
-    if kwargs.get("gradient_checkpointing") and kwargs.get("gradient_checkpointing_kwargs") is None:
+    kwargs = checkpointing.normalize(kwargs)  # transformers 5 names; LLaMA-Factory's gradient_checkpointing still works
+    if kwargs.get("activation_checkpointing"):
         # non-reentrant checkpointing lets gradients reach adapters on a frozen (or quantized) base
-        kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+        kwargs["activation_checkpointing_kwargs"] = {"use_reentrant": False, **checkpointing.kwargs_of(kwargs)}
     return TrainingArguments(**kwargs)

@@ -7,6 +7,7 @@ import os
 from tuneforge import TuneforgeError
 from tuneforge.memory.estimate import GIB, EstimateInput, MemoryReport, estimate_shape
 from tuneforge.memory.shapes import ModelShape, load_shape
+from tuneforge.train import checkpointing
 
 
 def shape_of(model_name_or_path: str, cache_dir: str | None = None) -> ModelShape:
@@ -58,12 +59,13 @@ def input_from_config(cfg, **overrides) -> EstimateInput:
     get = lambda name, default: getattr(sec, name, default)  # noqa: E731
     sharding, world = sharding_of(cfg)
     optim = str(args.get("optim", "adamw_torch"))
+    every_n = checkpointing.every_n_layers(args)
     x = EstimateInput(
         finetuning_type=cfg.method.finetuning_type, batch=int(args.get("per_device_train_batch_size", 8)),
         seq=cfg.data.cutoff_len, dtype=dtype, autocast=autocast, device="cuda" if cuda else "cpu",
         lora_rank=get("lora_rank", 8), lora_target=tuple(get("lora_target", ["all"])), use_dora=get("use_dora", False),
         quantization_bit=cfg.model.quantization_bit, double_quantization=cfg.model.double_quantization, optim=optim,
-        gradient_checkpointing=bool(args.get("gradient_checkpointing")), attn_implementation=cfg.model.attn_implementation,
+        gradient_checkpointing=every_n > 0, checkpoint_every=max(1, every_n), attn_implementation=cfg.model.attn_implementation,
         freeze_trainable_layers=get("freeze_trainable_layers", 2), galore_rank=get("galore_rank", 16),
         galore_layerwise=get("galore_layerwise", False), lisa_layers=get("lisa_layers", 2),
         lisa_train_embeddings=get("lisa_train_embeddings", True), num_virtual_tokens=get("num_virtual_tokens", 20),

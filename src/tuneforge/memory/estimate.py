@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from tuneforge.memory.shapes import ModelShape
 from tuneforge.models.heads import CHUNK_BYTES, PLAIN_HEAD_MODEL_TYPES
+from tuneforge.train import checkpointing
 
 GIB = 2**30
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -42,6 +43,7 @@ class EstimateInput:
     double_quantization: bool = True
     optim: str = "adamw_torch"
     gradient_checkpointing: bool = False
+    checkpoint_every: int = 1  # with checkpointing: layers 0, n, 2n, ... are recomputed (transformers' every_n_layers)
     attn_implementation: str = "sdpa"
     freeze_trainable_layers: int = 2
     galore_rank: int = 16
@@ -245,8 +247,17 @@ def activation_bytes(shape: ModelShape, x: EstimateInput, detail: dict) -> float
     d = BYTES[x.autocast] if x.autocast else BYTES[x.dtype]
     graph_layers = trained + frozen
     if x.gradient_checkpointing:
-        layers = graph_layers * shape.hidden * d * tokens + per_layer  # each layer's input, plus one layer recomputed
-        how = f"checkpointing: {graph_layers} layer inputs + one layer recomputed"
+        # checkpointed layers keep only their input, plus one layer's activations while it is recomputed; the others
+        # keep everything (worst case for LISA: the trained layers are among the kept ones)
+        first = shape.layers - graph_layers  # freeze: only the top layers are in the backward graph
+        n = max(1, x.checkpoint_every)
+        ckpt = sum(checkpointing.checkpointed(i, n) for i in range(first, shape.layers))
+        kept = graph_layers - ckpt
+        kept_trained = min(trained, kept)
+        layers = (ckpt * shape.hidden * d * tokens + kept_trained * per_layer + (kept - kept_trained) * frozen_per_layer
+                  + (per_layer if ckpt else 0))
+        how = (f"checkpointing: {ckpt} layer inputs + one layer recomputed" if not kept else
+               f"checkpointing every {n}: {ckpt} layer inputs + one recomputed, {kept} layers kept x {per_layer / 2**20:.1f} MiB")
     else:
         layers = trained * per_layer + frozen * frozen_per_layer
         how = f"{trained} layers x {per_layer / 2**20:.1f} MiB" + (f" + {frozen} frozen x {frozen_per_layer / 2**20:.1f} MiB" if frozen else "")
@@ -299,7 +310,7 @@ def estimate_shape(shape: ModelShape, x: EstimateInput, convention: str = "reali
     # CUDA: the context (outside torch's allocator). CPU: tokenizer, datasets and Trainer objects in the process.
     context = 0.5 * GIB if x.device == "cuda" else CPU_FRAMEWORK * GIB
     overhead = context + SLACK * acts + 0.02 * (weights + grads + opt)
-    detail["overhead"] = ("CUDA context 0.5 GiB" if x.device == "cuda" else "tokenizer, data and Trainer 0.1 GiB") + \
+    detail["overhead"] = ("CUDA context 0.5 GiB" if x.device == "cuda" else f"tokenizer, data and Trainer {CPU_FRAMEWORK} GiB") + \
         f" + allocator slack: {SLACK:.0%} of activations + 2% of the rest"
     # Without accumulation, gradients are cleared after each step (set to None) and filled during backward as
     # activations are freed, so the two peaks do not add up; with accumulation they persist into the next forward.

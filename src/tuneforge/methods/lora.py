@@ -81,10 +81,11 @@ def apply(model, cfg):
 
     from tuneforge.methods import lora_forward
     from tuneforge.models.quantization import is_quantized
+    from tuneforge.train import checkpointing
 
     sec: LoraSection = cfg.method_section("lora")
     if is_quantized(model):
-        gc = bool(cfg.train.get("gradient_checkpointing"))
+        gc = checkpointing.every_n_layers(cfg.train.args) > 0  # which layers: the Trainer applies every_n_layers
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc,
                                                 gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None)
     adapter = cfg.model.adapter_name_or_path
