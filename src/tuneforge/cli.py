@@ -13,6 +13,9 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s|%(name)s] %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes (imported by every config load, through transformers and peft) warns on the CPU that the optional
+    # `kernels` package is missing; it then uses its own 4-bit path, which our QLoRA tests and benchmarks run on
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 FLAG_ALIASES = {"model": "model_name_or_path", "adapter": "adapter_name_or_path", "template": "template"}
