@@ -256,8 +256,9 @@ def activation_bytes(shape: ModelShape, x: EstimateInput, detail: dict) -> float
         kept_trained = min(trained, kept)
         layers = (ckpt * shape.hidden * d * tokens + kept_trained * per_layer + (kept - kept_trained) * frozen_per_layer
                   + (per_layer if ckpt else 0))
-        how = (f"checkpointing: {ckpt} layer inputs + one layer recomputed" if not kept else
-               f"checkpointing every {n}: {ckpt} layer inputs + one recomputed, {kept} layers kept x {per_layer / 2**20:.1f} MiB")
+        how = f"checkpointing{f' every {n}' if n > 1 else ''}: " + ", ".join(
+            ([f"{ckpt} layer inputs + one layer recomputed"] if ckpt else [])
+            + ([f"{kept} layers kept x {per_layer / 2**20:.1f} MiB"] if kept else []))
     else:
         layers = trained * per_layer + frozen * frozen_per_layer
         how = f"{trained} layers x {per_layer / 2**20:.1f} MiB" + (f" + {frozen} frozen x {frozen_per_layer / 2**20:.1f} MiB" if frozen else "")
