@@ -7,12 +7,10 @@ and the last step (the first steps are slow while memory warms). Prints a table,
 """
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
+
+from worker import run_train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "examples", "quickstart_lora_sft.yaml")
@@ -25,18 +23,8 @@ VARIANTS = [
 
 def run(name, extra, steps, warmup, overrides, workdir):
     out = os.path.join(workdir, name)
-    cmd = [os.path.join(os.path.dirname(sys.executable), "tuneforge"), "train", CONFIG, f"output_dir={out}",
-           f"max_steps={steps}", "logging_steps=1", "save_strategy=no", "plot_loss=false", *extra, *overrides]
-    t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.time() - t0
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-3000:])
-        raise SystemExit(f"{name}: tuneforge train failed ({proc.returncode})")
-    with open(os.path.join(out, "trainer_log.jsonl")) as fh:
-        steps_log = [json.loads(line) for line in fh if '"loss"' in line]
-    with open(os.path.join(out, "all_results.json")) as fh:
-        res = json.load(fh)
+    wall, res, steps_log = run_train([CONFIG, f"max_steps={steps}", "logging_steps=1", "save_strategy=no", "plot_loss=false",
+                                      *extra, *overrides], out, ROOT, name)
     a, b = steps_log[warmup - 1], steps_log[-1]
     tps = (b["num_input_tokens_seen"] - a["num_input_tokens_seen"]) / (b["elapsed_s"] - a["elapsed_s"])
     return {"variant": name, "tokens_per_s": tps, "tokens_per_s_all": res["train_tokens_per_second"],

@@ -7,17 +7,15 @@ peer). A one-step run first fills the tokenization cache, as any second run of a
 """
 
 import argparse
-import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from matmul_peak import lora_flops_per_token, measure_peak  # noqa: E402
+from worker import run_train  # noqa: E402
 
 SETTINGS = ["finetuning_type=lora", "lora_rank=8", "lora_alpha=16", "lora_dropout=0", "lora_target=all",
             "dataset=identity,pydoc_alpaca", "template=auto", "cutoff_len=256", "per_device_train_batch_size=4",
@@ -27,17 +25,9 @@ SETTINGS = ["finetuning_type=lora", "lora_rank=8", "lora_alpha=16", "lora_dropou
 
 
 def run_tf(model, data, out, extra):
-    tf = os.path.join(os.path.dirname(sys.executable), "tuneforge")
-    cmd = ["/usr/bin/time", "-v", "-o", out + ".time", tf, "train", f"model_name_or_path={model}", f"dataset_dir={data}",
-           f"output_dir={out}", *SETTINGS, *extra]
-    t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.time() - t0
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-3000:])
-        raise SystemExit(f"tuneforge train failed ({proc.returncode}): {' '.join(extra)}")
-    res = json.load(open(os.path.join(out, "all_results.json")))
-    losses = [json.loads(line)["loss"] for line in open(os.path.join(out, "trainer_log.jsonl")) if '"loss"' in line]
+    wall, res, steps = run_train([f"model_name_or_path={model}", f"dataset_dir={data}", *SETTINGS, *extra], out, ROOT,
+                                 " ".join(extra), time_file=out + ".time")
+    losses = [s["loss"] for s in steps]
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(out + ".time").read()).group(1))
     return {"tokens_per_s": res["train_tokens_per_second"], "peak_rss_gib": rss_kb / 2**20, "wall_s": wall,
             "train_runtime_s": res["train_runtime"], "first_loss": losses[0], "last_loss": losses[-1],

@@ -13,3 +13,25 @@ def run_worker(cmd: list[str], cwd: str, label: str, env: dict | None = None) ->
         print(f"{label} failed\n{proc.stderr[-2000:]}", file=sys.stderr)
         return None
     return json.loads(lines[-1])
+
+
+def run_train(args: list[str], out: str, cwd: str, label: str, time_file: str | None = None) -> tuple[float, dict, list[dict]]:
+    """`tuneforge train *args output_dir=out` in a fresh process (under GNU time writing `time_file`, if given):
+    (wall seconds, all_results.json, the logged steps that carry a loss). Exits with its stderr tail on failure."""
+    import os
+    import time
+
+    cmd = [os.path.join(os.path.dirname(sys.executable), "tuneforge"), "train", *args, f"output_dir={out}"]
+    if time_file:
+        cmd = ["/usr/bin/time", "-v", "-o", time_file, *cmd]
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(f"{label}: tuneforge train failed ({proc.returncode})")
+    with open(os.path.join(out, "all_results.json")) as fh:
+        results = json.load(fh)
+    with open(os.path.join(out, "trainer_log.jsonl")) as fh:
+        steps = [json.loads(line) for line in fh if '"loss"' in line]
+    return wall, results, steps
