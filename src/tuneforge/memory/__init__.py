@@ -1,10 +1,12 @@
-"""Memory: the analytic estimator (weights, gradients, optimizer states, activations, overhead), the
-`--fit` search, and the measurement helpers (tensor bytes by category, peak RSS) that check it."""
+"""Memory: the analytic estimator (weights, gradients, optimizer states, activations, overhead) over the methods'
+footprints (what each registered method trains and keeps), the `--fit` search, and the measurement helpers
+(tensor bytes by category, peak RSS) that check it."""
 
 from tuneforge.memory.api import device_memory, estimate, input_from_config, parse_size
 from tuneforge.memory.estimate import GIB, EstimateInput, MemoryReport, describe, estimate_shape
+from tuneforge.memory.footprint import Footprint, Tensors
 from tuneforge.memory.measure import TensorBytesProbe, tensor_bytes
 from tuneforge.memory.shapes import ModelShape, load_shape
 
-__all__ = ["GIB", "EstimateInput", "MemoryReport", "ModelShape", "TensorBytesProbe", "describe", "device_memory", "estimate",
-           "estimate_shape", "input_from_config", "load_shape", "parse_size", "tensor_bytes"]
+__all__ = ["GIB", "EstimateInput", "Footprint", "MemoryReport", "ModelShape", "TensorBytesProbe", "Tensors", "describe", "device_memory",
+           "estimate", "estimate_shape", "input_from_config", "load_shape", "parse_size", "tensor_bytes"]

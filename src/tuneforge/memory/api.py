@@ -1,6 +1,7 @@
 """The estimator's entry points: from a RunConfig to a MemoryReport, the memory available here, and the
 one-line pre-run check `tuneforge train` prints."""
 
+import dataclasses
 import json
 import os
 
@@ -46,7 +47,8 @@ def sharding_of(cfg) -> tuple[str, int]:
 
 
 def input_from_config(cfg, **overrides) -> EstimateInput:
-    """The estimator's inputs for a RunConfig (batch = per-device batch, seq = cutoff_len)."""
+    """The estimator's inputs for a RunConfig (batch = per-device batch, seq = cutoff_len; `options` = the method's
+    section values). `overrides` set fields (None: keep)."""
     import torch
 
     from tuneforge.models.loader import resolve_dtype
@@ -56,25 +58,25 @@ def input_from_config(cfg, **overrides) -> EstimateInput:
     cuda = torch.cuda.is_available()
     autocast = ("bfloat16" if args.get("bf16") else "float16" if args.get("fp16") else None) if dtype == "float32" else None
     sec = cfg.method_section()
-    get = lambda name, default: getattr(sec, name, default)  # noqa: E731
     sharding, world = sharding_of(cfg)
     optim = str(args.get("optim", "adamw_torch"))
     every_n = checkpointing.every_n_layers(args)
     x = EstimateInput(
         finetuning_type=cfg.method.finetuning_type, batch=int(args.get("per_device_train_batch_size", 8)),
         seq=cfg.data.cutoff_len, dtype=dtype, autocast=autocast, device="cuda" if cuda else "cpu",
-        lora_rank=get("lora_rank", 8), lora_target=tuple(get("lora_target", ["all"])), use_dora=get("use_dora", False),
         quantization_bit=cfg.model.quantization_bit, double_quantization=cfg.model.double_quantization, optim=optim,
         gradient_checkpointing=every_n > 0, checkpoint_every=max(1, every_n), attn_implementation=cfg.model.attn_implementation,
-        freeze_trainable_layers=get("freeze_trainable_layers", 2), galore_rank=get("galore_rank", 16),
-        galore_layerwise=get("galore_layerwise", False), lisa_layers=get("lisa_layers", 2),
-        lisa_train_embeddings=get("lisa_train_embeddings", True), num_virtual_tokens=get("num_virtual_tokens", 20),
         world_size=world, sharding=sharding, grad_accum=int(args.get("gradient_accumulation_steps", 1)),
         supervised_logits_only=cfg.method.supervised_logits_only,
+        options=dataclasses.asdict(sec) if sec is not None else {},
     )
     for k, v in overrides.items():
-        if v is not None:
+        if v is None:
+            continue
+        if hasattr(x, k):
             setattr(x, k, v)
+        else:  # a method option
+            x.options[k] = v
     return x
 
 

@@ -1,5 +1,6 @@
 """The analytic memory estimator: weights, gradients, optimizer states, activations (with the logits and loss
-buffers) and overhead for every method, from a model's config.json alone.
+buffers) and overhead, from a model's config.json alone. What a method trains and keeps comes from its registered
+`memory(shape, x)` hook (a `footprint.Footprint`); a method without one gets a report marked unknown.
 
 Two conventions:
 - `realistic` (default): what PyTorch really keeps: the real architecture (GQA, gated MLP widths, tied
@@ -10,56 +11,84 @@ Two conventions:
   activations s*b*h*(34 + 5*a*s/h) per layer at 2 bytes per unit; checkpointing keeps sqrt(L) layers).
 """
 
+import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
+from tuneforge.config.schema import MethodSection
+from tuneforge.memory.footprint import ADAPTER, BYTES, COPY, WEIGHT, Footprint, adamw_bytes, value_bytes
 from tuneforge.memory.shapes import ModelShape
 from tuneforge.models.heads import CHUNK_BYTES, PLAIN_HEAD_MODEL_TYPES
 from tuneforge.train import checkpointing
 
 GIB = 2**30
-BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 SHARDINGS = ("none", "ddp", "zero1", "zero2", "zero3", "fsdp")
 LOSS_BUFFERS = 2  # vocabulary-sized fp32 buffers alive at the loss peak (fitted: benchmarks/estimator_accuracy.py)
 CPU_FRAMEWORK = 0.15  # GiB: libraries loaded on first use, tokenizer, data, Trainer (fitted likewise)
 SLACK = 0.05  # allocator slack on activations
-METHODS = ("full", "freeze", "lora", "galore", "lisa", "prefix", "prompt")
 
 
 @dataclass
 class EstimateInput:
-    """Everything the estimate depends on; built from a RunConfig (`from_config`) or flags."""
+    """Everything the estimate depends on; built from a RunConfig (`memory.api.input_from_config`) or flags.
 
-    finetuning_type: str = "lora"
+    `options` are the chosen method's config section values (`dataclasses.asdict(cfg.method_section())`); the
+    method's memory hook reads them over its section's defaults. Keywords that are not fields are taken as options
+    and checked against the method's section: `EstimateInput(finetuning_type=name, some_option=2)`."""
+
+    finetuning_type: str = MethodSection.finetuning_type  # the config's default method
     batch: int = 4
     seq: int = 512
     dtype: str = "float32"  # weight dtype of the base
     autocast: str | None = None  # "bfloat16"/"float16" when training with mixed precision over fp32 weights
     device: str = "cpu"  # "cpu" or "cuda"
-    lora_rank: int = 8
-    lora_target: tuple[str, ...] = ("all",)
-    use_dora: bool = False
     quantization_bit: int | None = None
     double_quantization: bool = True
     optim: str = "adamw_torch"
     gradient_checkpointing: bool = False
     checkpoint_every: int = 1  # with checkpointing: layers 0, n, 2n, ... are recomputed (transformers' every_n_layers)
     attn_implementation: str = "sdpa"
-    freeze_trainable_layers: int = 2
-    galore_rank: int = 16
-    galore_layerwise: bool = False
-    lisa_layers: int = 2
-    lisa_train_embeddings: bool = True
-    num_virtual_tokens: int = 20
     grad_accum: int = 1
     world_size: int = 1
     sharding: str = "none"
     supervised_logits_only: bool = True  # the trainer's fused, chunked head + loss where the architecture allows
+    options: dict = field(default_factory=dict)  # the method's section values
+    attention_seq: int | None = None  # longest example in a row (packed rows attend per example); None: seq
+
+
+_FIELDS = {f.name for f in fields(EstimateInput)}
+_dataclass_init = EstimateInput.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init(self, *args, **kwargs):
+    extra = {k: kwargs.pop(k) for k in [k for k in kwargs if k not in _FIELDS]}
+    _dataclass_init(self, *args, **kwargs)
+    if extra:
+        _check_options(self.finetuning_type, extra)
+        self.options = {**self.options, **extra}
+
+
+EstimateInput.__init__ = _init
+
+
+def _check_options(name: str, extra: dict) -> None:
+    from tuneforge.methods.registry import METHODS
+
+    method = METHODS.get(name)
+    if method is None:
+        return  # an unknown method: its estimate is marked unknown anyway
+    allowed = {f.name for f in fields(method.section)} if method.section is not None else set()
+    wrong = sorted(set(extra) - allowed)
+    if wrong:
+        raise TypeError(f"EstimateInput got unexpected keyword(s) {', '.join(wrong)}: neither fields nor options of "
+                        f"finetuning_type {name} ({', '.join(sorted(allowed)) or 'it has none'})")
 
 
 @dataclass
 class MemoryReport:
-    """Bytes by category (GiB in `to_dict`), with the arithmetic behind each in `detail`."""
+    """Bytes by category (GiB in `to_dict`), with the arithmetic behind each in `detail`. `known` is False when the
+    method cannot be counted (no memory hook): every category is then 0 and `detail["unknown"]` says why."""
 
     weights: float
     gradients: float
@@ -71,6 +100,7 @@ class MemoryReport:
     convention: str
     detail: dict = field(default_factory=dict)
     overlap: float = 0.0  # bytes that never coexist (gradients fill as backward frees activations)
+    known: bool = True
 
     @property
     def total(self) -> float:
@@ -81,35 +111,43 @@ class MemoryReport:
         out["total_gib"] = round(self.total / GIB, 3)
         out["overlap_gib"] = round(self.overlap / GIB, 3)
         out.update(trainable_params=self.trainable_params, total_params=self.total_params, convention=self.convention,
-                   detail=self.detail)
+                   known=self.known, detail=self.detail)
         return out
 
 
-# ---------------------------------------------------------------- parameters
+# ---------------------------------------------------------------- the method's footprint
 
-def _lora_targets(shape: ModelShape, targets) -> dict[str, tuple[int, int]]:
-    lin = shape.linears()
-    return lin if list(targets) == ["all"] else {k: v for k, v in lin.items() if k in targets}
+class UnknownMethod(ValueError):
+    """The method cannot be counted: not registered, or registered without a memory hook."""
+
+
+def footprint(shape: ModelShape, x: EstimateInput) -> Footprint:
+    """What the method trains and keeps, from its registered `memory(shape, x)` hook.
+
+    Raises:
+        UnknownMethod: the method is not registered or has no memory hook.
+    """
+    from tuneforge.methods.registry import METHODS
+
+    method = METHODS.get(x.finetuning_type)
+    if method is None:
+        raise UnknownMethod(f"finetuning_type {x.finetuning_type} is not registered; the estimate is skipped")
+    if method.memory is None:
+        raise UnknownMethod(f"finetuning_type {x.finetuning_type} has no memory hook; the estimate is skipped")
+    fp = method.memory(shape, x)
+    if not isinstance(fp, Footprint):
+        raise UnknownMethod(f"the memory hook of finetuning_type {x.finetuning_type} returned {type(fp).__name__}, "
+                            f"not a Footprint; the estimate is skipped")
+    return fp
 
 
 def trainable_params(shape: ModelShape, x: EstimateInput) -> int:
-    """How many parameters the method trains (adapters included)."""
-    m = x.finetuning_type
-    if m in ("full", "galore"):
-        return shape.total_params
-    if m == "freeze":
-        return min(abs(x.freeze_trainable_layers), shape.layers) * shape.layer_params
-    if m == "lora":
-        per_layer = sum(x.lora_rank * (a + b) + (b if x.use_dora else 0) for a, b in _lora_targets(shape, x.lora_target).values())
-        return shape.layers * per_layer
-    if m == "lisa":
-        emb = shape.embedding_params + shape.head_params + shape.hidden if x.lisa_train_embeddings else 0
-        return emb + min(x.lisa_layers, shape.layers) * shape.layer_params
-    if m == "prefix":
-        return x.num_virtual_tokens * shape.layers * 2 * shape.kv_dim
-    if m == "prompt":
-        return x.num_virtual_tokens * shape.hidden
-    raise ValueError(f"finetuning_type `{m}` is not one of {', '.join(METHODS)}")
+    """How many parameters the method trains (adapters included).
+
+    Raises:
+        UnknownMethod (a ValueError): the method has no memory hook.
+    """
+    return footprint(shape, x).trainable
 
 
 def _quantized_bytes_per_param(x: EstimateInput) -> float:
@@ -120,7 +158,8 @@ def _quantized_bytes_per_param(x: EstimateInput) -> float:
     return 1.0
 
 
-def weight_bytes(shape: ModelShape, x: EstimateInput, detail: dict) -> float:
+def weight_bytes(shape: ModelShape, x: EstimateInput, detail: dict, fp: Footprint | None = None) -> float:
+    fp = fp or footprint(shape, x)
     b = BYTES[x.dtype]
     linear = shape.layers * shape.layer_linear_params
     other = shape.total_params - linear
@@ -135,68 +174,40 @@ def weight_bytes(shape: ModelShape, x: EstimateInput, detail: dict) -> float:
     else:
         base = shape.total_params * b
         detail["weights"] = f"{shape.total_params:,} params x {b} B ({x.dtype})"
-    if x.finetuning_type in ("lora", "prefix", "prompt"):  # adapters live in fp32 (peft upcasts them)
-        adapters = trainable_params(shape, x) * 4
-        detail["weights"] += f" + {trainable_params(shape, x):,} adapter params x 4 B"
-        base += adapters
+    adapters, copies = fp.values(ADAPTER), fp.values(COPY)
+    if adapters:  # adapters live in fp32 (peft upcasts them)
+        base += adapters * 4
+        detail["weights"] += f" + {adapters:,} adapter params x 4 B"
+    if copies:  # trainable copies beside their frozen originals (peft modules_to_save)
+        base += copies * b
+        detail["weights"] += f" + {copies:,} trainable copies x {b} B"
     return base
 
 
 # ---------------------------------------------------------------- gradients and optimizer states
 
-def _trainable_dtype_bytes(x: EstimateInput) -> int:
-    return 4 if x.finetuning_type in ("lora", "prefix", "prompt") else BYTES[x.dtype]
+def gradient_bytes(shape: ModelShape, x: EstimateInput, detail: dict, fp: Footprint | None = None) -> float:
+    fp = fp or footprint(shape, x)
+    if fp.gradient_bytes is not None:
+        detail["gradients"] = fp.detail.get("gradients", "as the method counts them")
+        return fp.gradient_bytes
+    by_size: dict[int, int] = {}
+    for t in fp.tensors:
+        by_size[value_bytes(t, x)] = by_size.get(value_bytes(t, x), 0) + t.values
+    detail["gradients"] = " + ".join(f"{n:,} trainable x {b} B" for b, n in sorted(by_size.items(), reverse=True)) or "nothing trains"
+    return sum(b * n for b, n in by_size.items())
 
 
-def gradient_bytes(shape: ModelShape, x: EstimateInput, detail: dict) -> float:
-    n = trainable_params(shape, x)
-    b = _trainable_dtype_bytes(x)
-    if x.finetuning_type == "galore" and x.galore_layerwise:
-        n = shape.layer_params + shape.embedding_params  # each layer is stepped and freed during backward
-        detail["gradients"] = f"layerwise: ~one layer + embeddings x {b} B"
-        return n * b
-    detail["gradients"] = f"{n:,} trainable x {b} B"
-    return n * b
-
-
-def _adam_bytes_per_param(x: EstimateInput, numel: int) -> float:
-    eight_bit = "8bit" in x.optim and numel >= 4096  # bitsandbytes keeps small tensors in 32 bits
-    if eight_bit:
-        return 2 + 2 * 4 / 256  # two uint8 states + fp32 absmax per 256-value block
-    return 2 * _trainable_dtype_bytes(x) if x.finetuning_type not in ("lora", "prefix", "prompt") else 8
-
-
-def optimizer_bytes(shape: ModelShape, x: EstimateInput, detail: dict) -> float:
-    m = x.finetuning_type
-    if m == "galore":
-        r = x.galore_rank
-        # galore-torch projects an m x n gradient to max(m,n) x r (states 2 x that) with an r x min(m,n) projector
-        per_layer = sum(2 * r * max(a, b) * 4 + r * min(a, b) * 4 for a, b in shape.linears().values())
-        rest = (shape.layers * (shape.layer_params - shape.layer_linear_params) + shape.embedding_params + shape.head_params
-                + shape.hidden)
-        total = shape.layers * per_layer + rest * 2 * BYTES[x.dtype]
-        detail["optimizer"] = f"GaLore rank {r}: projected states 2 x r x max(m,n) + projector r x min(m,n) per matrix; AdamW on the rest"
-        return total
-    n = trainable_params(shape, x)
-    if m == "lora":
-        tensors = [x.lora_rank * a for a, b in _lora_targets(shape, x.lora_target).values()] + \
-                  [x.lora_rank * b for a, b in _lora_targets(shape, x.lora_target).values()]
-        total = shape.layers * sum(t * _adam_bytes_per_param(x, t) for t in tensors)
-    elif m in ("full", "freeze", "lisa"):
-        with_emb = m == "full" or (m == "lisa" and x.lisa_train_embeddings)
-        layers = {"full": shape.layers, "freeze": min(abs(x.freeze_trainable_layers), shape.layers), "lisa": x.lisa_layers}[m]
-        layer_total = sum(a * b * _adam_bytes_per_param(x, a * b) for a, b in shape.linears().values())
-        small = shape.layer_params - shape.layer_linear_params
-        total = layers * (layer_total + small * _adam_bytes_per_param(x, 1))
-        if with_emb:  # the Trainer keeps nn.Embedding states in 32 bits even with 8-bit optimizers
-            total += shape.embedding_params * 2 * _trainable_dtype_bytes(x)
-            total += shape.head_params * _adam_bytes_per_param(x, shape.head_params)
-        total += (shape.hidden * _adam_bytes_per_param(x, 1) if m != "freeze" else 0)
-    else:
-        total = n * _adam_bytes_per_param(x, 1)
-    master = _master_weights(x)
+def optimizer_bytes(shape: ModelShape, x: EstimateInput, detail: dict, fp: Footprint | None = None) -> float:
+    fp = fp or footprint(shape, x)
+    if fp.optimizer_bytes is not None:
+        detail["optimizer"] = fp.detail.get("optimizer", "as the method counts them")
+        return fp.optimizer_bytes
+    n = fp.trainable
+    total = adamw_bytes(fp.tensors, x)
+    master = _master_weights(x) and fp.values(WEIGHT, COPY)
     if master:
-        total += n * 4
+        total += fp.values(WEIGHT, COPY) * 4
     detail["optimizer"] = (f"AdamW{' 8-bit' if '8bit' in x.optim else ''} states for {n:,} trainable params"
                            + (" + fp32 master weights" if master else "") + (" (paged: spills to host memory under pressure)"
                                                                              if "paged" in x.optim else ""))
@@ -204,8 +215,8 @@ def optimizer_bytes(shape: ModelShape, x: EstimateInput, detail: dict) -> float:
 
 
 def _master_weights(x: EstimateInput) -> bool:
-    """ZeRO/FSDP mixed precision keeps an fp32 master copy of 16-bit trainable weights."""
-    return x.sharding in ("zero1", "zero2", "zero3", "fsdp") and x.dtype != "float32" and x.finetuning_type not in ("lora", "prefix", "prompt")
+    """ZeRO/FSDP mixed precision keeps an fp32 master copy of 16-bit trainable weights (not of fp32 adapters)."""
+    return x.sharding in ("zero1", "zero2", "zero3", "fsdp") and x.dtype != "float32"
 
 
 # ---------------------------------------------------------------- activations
@@ -219,7 +230,7 @@ def layer_activation_bytes_per_token(shape: ModelShape, x: EstimateInput) -> flo
     d = BYTES[x.autocast] if x.autocast else BYTES[x.dtype]
     units = 2 * shape.hidden + 3 * shape.q_dim + 2 * shape.kv_dim + 3 * shape.intermediate
     if x.attn_implementation == "eager" or x.device == "cpu":
-        units += shape.heads * x.seq
+        units += shape.heads * (x.attention_seq or x.seq)  # packed rows: probabilities per example
     return units * d
 
 
@@ -230,26 +241,20 @@ def frozen_layer_saving_per_token(shape: ModelShape, x: EstimateInput) -> float:
     return (2 * shape.hidden + shape.q_dim + shape.intermediate) * d
 
 
-def activation_bytes(shape: ModelShape, x: EstimateInput, detail: dict) -> float:
-    tokens = x.batch * x.seq + (x.batch * x.num_virtual_tokens if x.finetuning_type in ("prompt",) else 0)
+def activation_bytes(shape: ModelShape, x: EstimateInput, detail: dict, fp: Footprint | None = None) -> float:
+    fp = fp or footprint(shape, x)
+    tokens = x.batch * x.seq + x.batch * fp.extra_tokens
     per_layer = layer_activation_bytes_per_token(shape, x) * tokens
     frozen_per_layer = per_layer - frozen_layer_saving_per_token(shape, x) * tokens
-    m = x.finetuning_type
-    if m == "freeze":  # layers below the trained ones are not in the backward graph at all
-        trained, frozen = min(abs(x.freeze_trainable_layers), shape.layers), 0
-    elif m == "lisa":  # gradients flow through every layer (to the embeddings, or worst case from the lowest active one)
-        trained = min(x.lisa_layers, shape.layers)
-        frozen = shape.layers - trained
-    elif m in ("prefix", "prompt"):
-        trained, frozen = 0, shape.layers
-    else:  # full, galore, lora (LoRA keeps the inputs of the adapted linears)
-        trained, frozen = shape.layers, 0
+    # layers below the backward graph keep nothing; trained layers keep their linears' inputs, frozen ones less
+    trained = min(fp.trained_layers, shape.layers)
+    frozen = min(fp.frozen_layers, shape.layers - trained)
     d = BYTES[x.autocast] if x.autocast else BYTES[x.dtype]
     graph_layers = trained + frozen
     if x.gradient_checkpointing:
         # checkpointed layers keep only their input, plus one layer's activations while it is recomputed; the others
-        # keep everything (worst case for LISA: the trained layers are among the kept ones)
-        first = shape.layers - graph_layers  # freeze: only the top layers are in the backward graph
+        # keep everything (worst case: the trained layers are among the kept ones)
+        first = shape.layers - graph_layers  # the backward graph is the top layers
         n = max(1, x.checkpoint_every)
         ckpt = sum(checkpointing.checkpointed(i, n) for i in range(first, shape.layers))
         kept = graph_layers - ckpt
@@ -266,7 +271,7 @@ def activation_bytes(shape: ModelShape, x: EstimateInput, detail: dict) -> float
     if x.supervised_logits_only and shape.model_type in PLAIN_HEAD_MODEL_TYPES:
         # one chunk of fp32 logits and its exp temporary; a trained head adds its fp32 gradient built in forward
         chunk = min(CHUNK_BYTES, x.batch * x.seq * shape.vocab * 4)
-        head_grad = shape.vocab * shape.hidden * 4 if m in ("full", "galore") or (m == "lisa" and x.lisa_train_embeddings) else 0
+        head_grad = shape.vocab * shape.hidden * 4 if fp.head_gradient else 0
         logits = 2 * chunk + head_grad
         detail["activations"] = (f"{how}; fused chunked loss: 2 x {chunk / 2**20:.0f} MiB logits chunk"
                                  + (f" + head gradient {head_grad / GIB:.3f} GiB" if head_grad else ""))
@@ -295,19 +300,27 @@ def estimate_shape(shape: ModelShape, x: EstimateInput, convention: str = "reali
     """The memory of one training process (one device) for `x` on a model of `shape`."""
     if convention == "article":
         return _article(shape, x)
+    try:
+        fp = footprint(shape, x)
+    except Exception as e:  # an estimate must never stop a run: report it as unknown
+        reason = str(e) if isinstance(e, UnknownMethod) else \
+            f"the memory hook of finetuning_type {x.finetuning_type} failed ({type(e).__name__}: {e}); the estimate is skipped"
+        return unknown_report(shape, reason)
     detail: dict = {}
-    weights = weight_bytes(shape, x, detail)
-    grads = gradient_bytes(shape, x, detail)
-    opt = optimizer_bytes(shape, x, detail)
+    if fp.detail.get("method"):
+        detail["method"] = fp.detail["method"]
+    weights = weight_bytes(shape, x, detail, fp)
+    grads = gradient_bytes(shape, x, detail, fp)
+    opt = optimizer_bytes(shape, x, detail, fp)
     weights, grads, opt = _shard(x, weights, grads, opt)
     if x.sharding in ("zero3", "fsdp") and x.world_size > 1:
         weights += 2 * shape.layer_params * BYTES[x.dtype]  # layers gathered for compute
-    acts = activation_bytes(shape, x, detail)
+    acts = activation_bytes(shape, x, detail, fp)
     if x.quantization_bit and x.device == "cpu":  # measured: bitsandbytes' CPU path keeps dequantized weights
         acts += shape.layers * shape.layer_linear_params * 4
         detail["activations"] += "; + dequantized fp32 copies of the quantized weights (bitsandbytes on the CPU)"
-    if x.autocast and x.dtype == "float32" and x.finetuning_type not in ("lora", "prefix", "prompt"):
-        acts += trainable_params(shape, x) * BYTES[x.autocast]  # autocast caches 16-bit copies of trainable weights
+    if x.autocast and x.dtype == "float32":  # autocast caches 16-bit copies of trainable base-dtype weights
+        acts += fp.values(WEIGHT, COPY) * BYTES[x.autocast]
     # CUDA: the context (outside torch's allocator). CPU: tokenizer, datasets and Trainer objects in the process.
     context = 0.5 * GIB if x.device == "cuda" else CPU_FRAMEWORK * GIB
     overhead = context + SLACK * acts + 0.02 * (weights + grads + opt)
@@ -318,8 +331,12 @@ def estimate_shape(shape: ModelShape, x: EstimateInput, convention: str = "reali
     overlap = min(acts, grads) if x.grad_accum <= 1 else 0.0
     if overlap:
         detail["overlap"] = "gradients fill as backward frees activations: the total counts the larger of the two"
-    return MemoryReport(weights, grads, opt, acts, overhead, trainable_params(shape, x), shape.total_params, "realistic", detail,
-                        overlap)
+    return MemoryReport(weights, grads, opt, acts, overhead, fp.trainable, shape.total_params, "realistic", detail, overlap)
+
+
+def unknown_report(shape: ModelShape, reason: str) -> MemoryReport:
+    """A report for a method the estimator cannot count: every category 0, `known` False, the reason in detail."""
+    return MemoryReport(0.0, 0.0, 0.0, 0.0, 0.0, 0, shape.total_params, "realistic", {"unknown": reason}, known=False)
 
 
 def _article(shape: ModelShape, x: EstimateInput) -> MemoryReport:
@@ -341,6 +358,8 @@ def _article(shape: ModelShape, x: EstimateInput) -> MemoryReport:
 
 def describe(report: MemoryReport, available: float | None = None) -> str:
     """A short multi-line breakdown for the terminal."""
+    if not report.known:
+        return f"unknown: {report.detail.get('unknown', 'the method has no memory hook; the estimate is skipped')}"
     lines = [f"{'weights':<12}{report.weights / GIB:>9.2f} GiB  {report.detail.get('weights', '')}",
              f"{'gradients':<12}{report.gradients / GIB:>9.2f} GiB  {report.detail.get('gradients', '')}",
              f"{'optimizer':<12}{report.optimizer / GIB:>9.2f} GiB  {report.detail.get('optimizer', '')}",

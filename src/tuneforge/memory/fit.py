@@ -1,34 +1,61 @@
 """`--fit`: search method, quantization, micro-batch, gradient accumulation and checkpointing (none, every 4th or
-2nd layer, every layer) for the fastest configurations whose estimate fits a memory budget, one per method."""
+2nd layer, every layer) for the fastest configurations whose estimate fits a memory budget. The configurations
+come from the method registry: each method's `fit` entries (label, settings, speed per token relative to LoRA,
+measured by benchmarks/methods.py); methods without a memory hook are skipped."""
 
+import json
 import math
-from dataclasses import dataclass, replace
+import re
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
 from tuneforge.memory.estimate import EstimateInput, MemoryReport, estimate_shape
 from tuneforge.memory.shapes import ModelShape
 from tuneforge.train import checkpointing
 
-# Relative training speed per token (lora = 1.0), from benchmarks/methods.py on SmolLM2 (CPU, fp32).
-CANDIDATES = [
-    ("full", {"finetuning_type": "full"}, 0.65),
-    ("full + 8-bit AdamW", {"finetuning_type": "full", "optim": "adamw_bnb_8bit"}, 0.34),
-    ("galore", {"finetuning_type": "galore"}, 0.40),
-    ("lisa", {"finetuning_type": "lisa"}, 1.00),
-    ("lora", {"finetuning_type": "lora"}, 1.00),
-    ("lora + 8-bit AdamW", {"finetuning_type": "lora", "optim": "adamw_bnb_8bit"}, 0.90),
-    ("qlora 8-bit", {"finetuning_type": "lora", "quantization_bit": 8}, 0.96),
-    ("qlora 4-bit", {"finetuning_type": "lora", "quantization_bit": 4}, 0.89),
-    ("freeze", {"finetuning_type": "freeze"}, 1.95),
-]
 # lora with every layer checkpointed: 276-286 vs 368-385 tokens/s (SmolLM2, CPU, tcmalloc); every 2nd layer measured
 # 335-338, which the linear rule below predicts (the cost is per recomputed layer)
 CHECKPOINTING_SPEED = 0.75
 CHECKPOINT_EVERY = (0, 4, 2, 1)  # 0: off; n: layers 0, n, 2n, ... recomputed
+_INPUT_FIELDS = {f.name: f for f in fields(EstimateInput)}
 
 
 def checkpointing_speed(layers: int, every: int) -> float:
     """Relative speed with `every`-th layer checkpointed (1.0 when off)."""
     return 1.0 - (1.0 - CHECKPOINTING_SPEED) * checkpointing.count(layers, every) / max(1, layers)
+
+
+@dataclass
+class Candidate:
+    """One configuration to try: a method's `fit` entry (label, settings, speed relative to LoRA) with its name."""
+
+    method: str
+    label: str
+    settings: dict
+    speed: float
+
+
+def candidates() -> list[Candidate]:
+    """Every registered method's `fit` configurations (registry order); methods without a memory hook are skipped."""
+    from tuneforge.methods.registry import METHODS
+
+    return [Candidate(m.name, c.label, {k: v for k, v in c.settings.items() if k != "finetuning_type"}, c.speed)
+            for m in METHODS.values() if m.memory is not None for c in m.fit]
+
+
+def _section_defaults(name: str) -> dict:
+    from tuneforge.methods.registry import METHODS
+
+    section = METHODS[name].section
+    return asdict(section()) if section is not None else {}
+
+
+def _yaml_value(v) -> str:
+    """`v` as a YAML value that reads back as `v` (JSON is YAML's flow style)."""
+    import yaml
+
+    if isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.,/+-]*", v) and yaml.safe_load(v) == v:
+        return v
+    return json.dumps(list(v) if isinstance(v, tuple) else v)
 
 
 @dataclass
@@ -38,13 +65,11 @@ class Fit:
     report: MemoryReport
     speed: float
     grad_accum: int
+    settings: dict = field(default_factory=dict)  # the config keys this configuration sets (beside finetuning_type)
 
     def yaml(self) -> list[str]:
         lines = [f"finetuning_type: {self.x.finetuning_type}"]
-        if self.x.quantization_bit:
-            lines.append(f"quantization_bit: {self.x.quantization_bit}")
-        if "8bit" in self.x.optim:
-            lines.append(f"optim: {self.x.optim}")
+        lines += [f"{k}: {_yaml_value(v)}" for k, v in self.settings.items()]
         if self.x.gradient_checkpointing:
             lines.append("gradient_checkpointing: true")
             if self.x.checkpoint_every > 1:
@@ -53,27 +78,48 @@ class Fit:
         return lines
 
 
+def _candidate_input(base: EstimateInput, c: Candidate, varied: set[str]) -> tuple[EstimateInput, dict]:
+    """The estimator's input for candidate `c` over `base`, and the config keys its YAML sets. The fields any candidate
+    sets (optim, quantization_bit) are reset to their defaults where this one does not set them (a reset to None is
+    written as `key: null`; another default, such as plain AdamW, is an upper bound of what the user's setting
+    needs); the method's options are the base's for its own method, else the method's section defaults, with the
+    candidate's settings on top."""
+    own = {k: v for k, v in c.settings.items() if k in _INPUT_FIELDS}
+    options = dict(base.options) if c.method == base.finetuning_type else _section_defaults(c.method)
+    options.update({k: v for k, v in c.settings.items() if k not in _INPUT_FIELDS})
+    reset = {k: _INPUT_FIELDS[k].default for k in varied if k not in own and _INPUT_FIELDS[k].default is not MISSING}
+    x = replace(base, finetuning_type=c.method, options=options, **reset, **own)
+    shown = dict(c.settings)
+    for k in sorted(reset):  # a switch the user's config turns on and this configuration leaves off: `key: null`
+        if reset[k] is None and getattr(base, k) is not None:
+            shown[k] = None
+    return x, shown
+
+
 def search(shape: ModelShape, base: EstimateInput, budget: float, effective_batch: int | None = None, top: int = 5) -> list[Fit]:
-    """The fastest fitting configurations, best first, one per method: for each checkpointing setting the largest
-    micro-batch (a power of two up to the effective batch) that fits, accumulation making up the rest; the method's
-    fastest of those is kept."""
+    """The fastest fitting configurations, best first, one per method configuration (each registered method's
+    `fit` entries): for each checkpointing setting the largest micro-batch (a power of two up to the effective batch)
+    that fits, accumulation making up the rest; the configuration's fastest of those is kept."""
     effective = effective_batch or base.batch
     micro_sizes = [2**k for k in range(int(math.log2(max(1, effective))) + 1)][::-1]
+    cands = candidates()
+    varied = {k for c in cands for k in c.settings if k in _INPUT_FIELDS}
     fits = []
-    for name, change, speed in CANDIDATES:
+    for c in cands:
+        x0, shown = _candidate_input(base, c, varied)
         options = []
         for every in CHECKPOINT_EVERY:
             for micro in micro_sizes:
-                x = replace(base, **change, gradient_checkpointing=every > 0, checkpoint_every=max(1, every), batch=micro,
+                x = replace(x0, gradient_checkpointing=every > 0, checkpoint_every=max(1, every), batch=micro,
                             grad_accum=max(1, effective // micro))
-                if "optim" not in change:
-                    x.optim = "adamw_torch"
                 report = estimate_shape(shape, x)
+                if not report.known:
+                    break
                 if report.total <= budget:
                     small_batch = 1 - 0.05 * math.log2(effective / micro)  # fewer tokens per step: less efficient kernels
                     how = f" + {checkpointing.describe(every)}" if every else ""
-                    options.append(Fit(name + how, x, report, speed * checkpointing_speed(shape.layers, every) * small_batch,
-                                       max(1, effective // micro)))
+                    options.append(Fit(c.label + how, x, report, c.speed * checkpointing_speed(shape.layers, every) * small_batch,
+                                       max(1, effective // micro), shown))
                     break
         if options:
             fits.append(max(options, key=lambda f: f.speed))  # ties: the first (least checkpointing)

@@ -1,6 +1,13 @@
-"""Fine-tuning methods: each module registers itself; `get(name)` returns it."""
+"""Fine-tuning methods: one module each, registered by the `register_method(...)` line at its bottom. Every module in
+this package is imported here, so a new method is one new file."""
 
-from tuneforge.methods.registry import METHODS, Method, get, register_method
-from tuneforge.methods import freeze, full, galore, lisa, lora, prefix  # noqa: E402,F401  (registration)
+import importlib
+import pkgutil
 
-__all__ = ["METHODS", "Method", "get", "register_method"]
+from tuneforge.methods.registry import METHODS, FitCandidate, Method, get, names, register_method, unregister_method
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "registry":
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["METHODS", "FitCandidate", "Method", "get", "names", "register_method", "unregister_method"]

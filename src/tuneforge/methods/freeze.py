@@ -65,4 +65,25 @@ def apply(model, cfg):
     return model
 
 
-register_method("freeze", FreezeSection, apply)
+def memory(shape, x):
+    """The chosen layers' (chosen submodules') parameters and the extra modules train. The backward graph runs from
+    the loss down to the lowest trained layer, or through every layer when the embeddings train."""
+    from tuneforge.memory.footprint import EMBED, HEAD, Footprint, parameter_table, section, tensors
+
+    sec: FreezeSection = section(FreezeSection, x)
+    outer, layer = parameter_table(shape)
+    n = min(abs(sec.freeze_trainable_layers), shape.layers)
+    modules = [m for m in sec.freeze_trainable_modules if m != "all"]
+    inside = [k for k in layer if not modules or any(_matches(k.split("."), m) for m in modules)]
+    extra = [k for k in outer if any(_matches(k.split("."), m) for m in sec.freeze_extra_modules)]
+    trained = n if inside else 0
+    lowest = 0 if EMBED in extra or sec.freeze_trainable_layers < 0 else shape.layers - n
+    return Footprint(tensors(layer, inside, n) + tensors(outer, extra), trained_layers=trained,
+                     frozen_layers=shape.layers - lowest - trained,
+                     head_gradient=HEAD in extra or (shape.tied and EMBED in extra),
+                     detail={"method": f"{n} of {shape.layers} layers train" + (f" ({', '.join(modules)})" if modules else "")
+                             + (f" + {', '.join(sec.freeze_extra_modules)}" if extra else "")})
+
+
+register_method("freeze", FreezeSection, apply, memory=memory, fit=(("freeze", {}, 1.95),),
+                help="Only the last (or first) N decoder layers train.")

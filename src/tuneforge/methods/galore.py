@@ -52,4 +52,51 @@ def training_args(cfg) -> dict:
             "optim_args": f"rank={sec.galore_rank}, update_proj_gap={sec.galore_update_interval}, scale={sec.galore_scale}, proj_type=std"}
 
 
-register_method("galore", GaloreSection, apply_full, training_args=training_args)
+def llamafactory(flat: dict) -> tuple[dict, list[str]]:
+    """LLaMA-Factory's `use_galore: true` with `finetuning_type: full` is `finetuning_type: galore` here."""
+    if "use_galore" not in flat:
+        return flat, []
+    flat = dict(flat)
+    if flat.pop("use_galore") not in (True, "true", "True", 1):
+        return flat, []
+    if flat.get("finetuning_type", "lora") in ("full", "galore"):
+        flat["finetuning_type"] = "galore"
+        return flat, ["use_galore: true with finetuning_type: full -> finetuning_type: galore"]
+    from tuneforge.config.errors import ConfigError
+
+    raise ConfigError([("use_galore", f"use_galore: true trains all weights with GaLore; it needs finetuning_type: full "
+                                      f"(got `{flat.get('finetuning_type', 'lora')}`), or write finetuning_type: galore")])
+
+
+def memory(shape, x):
+    """Every weight trains; galore-torch projects a targeted m x n gradient to max(m,n) x r (AdamW states 2 x that)
+    with an r x min(m,n) projector; the other parameters get plain AdamW. Layerwise: each layer is stepped and its
+    gradient freed during backward."""
+    from types import SimpleNamespace
+
+    from tuneforge.memory.footprint import BYTES, Footprint, all_tensors, linear_modules, optim_target_matches, section
+
+    sec: GaloreSection = section(GaloreSection, x)
+    r, b = sec.galore_rank, BYTES[x.dtype]
+    # the targets the Trainer gets (optim_target_modules), matched the way transformers matches them
+    targets = training_args(SimpleNamespace(method_section=lambda name=None: sec, train=SimpleNamespace(args={})))["optim_target_modules"]
+    ts = all_tensors(shape)
+    projected, matrices, values = 0, 0, 0
+    for name, m, n in linear_modules(shape):
+        if optim_target_matches(targets, name):
+            projected += 2 * r * max(m, n) * 4 + r * min(m, n) * 4
+            matrices, values = matrices + 1, values + m * n
+    rest = sum(t.values for t in ts) - values
+    detail = {"optimizer": f"GaLore rank {r}: projected states 2 x r x max(m,n) + projector r x min(m,n) per matrix"
+                           f"{'' if sec.galore_target == ['all'] else f' ({matrices} targeted)'}; AdamW on the rest"}
+    grads = None
+    if sec.galore_layerwise:
+        grads = (shape.layer_params + shape.embedding_params) * b
+        detail["gradients"] = f"layerwise: ~one layer + embeddings x {b} B"
+    return Footprint(ts, trained_layers=shape.layers, head_gradient=True, optimizer_bytes=projected + rest * 2 * b,
+                     gradient_bytes=grads, detail=detail)
+
+
+register_method("galore", GaloreSection, apply_full, training_args=training_args, llamafactory=llamafactory, memory=memory,
+                fit=(("galore", {}, 0.40),),
+                help="Every weight trains; gradients are projected to low rank, so optimizer states shrink.")

@@ -115,4 +115,33 @@ def callbacks(cfg):
     return [LisaCallback(sec.lisa_layers, sec.lisa_interval, cfg.data.seed)]
 
 
-register_method("lisa", LisaSection, apply, optimizer=optimizer, callbacks=callbacks)
+def memory(shape, x):
+    """`lisa_layers` layers train at a time (their optimizer state is released at each switch), plus embeddings, LM
+    head and final norm unless switched off. Gradients flow through every layer (to the embeddings, or in the worst
+    case from the lowest active layer)."""
+    from tuneforge.memory.footprint import Footprint, parameter_table, section, tensors
+
+    sec: LisaSection = section(LisaSection, x)
+    outer, layer = parameter_table(shape)
+    k = min(sec.lisa_layers, shape.layers)
+    return Footprint(tensors(layer, layer, k) + (tensors(outer, outer) if sec.lisa_train_embeddings else ()),
+                     trained_layers=k, frozen_layers=shape.layers - k, head_gradient=sec.lisa_train_embeddings,
+                     detail={"method": f"{k} of {shape.layers} layers active"
+                             + (" + embeddings, head and final norm" if sec.lisa_train_embeddings else "")})
+
+
+RENAMED = {"lisa_activated_layers": "lisa_layers", "lisa_interval_steps": "lisa_interval"}  # LMFlow's names
+
+
+def llamafactory(flat: dict) -> tuple[dict, list[str]]:
+    """LMFlow's LISA keys (which LLaMA-Factory users bring along) under our names."""
+    flat, notes = dict(flat), []
+    for old, new in RENAMED.items():
+        if old in flat:
+            flat[new] = flat.pop(old)
+            notes.append(f"{old} -> {new}")
+    return flat, notes
+
+
+register_method("lisa", LisaSection, apply, optimizer=optimizer, callbacks=callbacks, memory=memory, llamafactory=llamafactory, fit=(("lisa", {}, 1.00),),
+                help="A few sampled decoder layers train at a time (plus embeddings and head); the sample changes every K steps.")

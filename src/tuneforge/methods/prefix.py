@@ -47,5 +47,34 @@ def _apply(kind: str):
     return apply
 
 
-register_method("prefix", PromptLearningSection, _apply("prefix"), packs=False)
-register_method("prompt", PromptLearningSection, _apply("prompt"), packs=False)
+def _memory(kind: str):
+    def memory(shape, x):
+        """fp32 virtual tokens (peft's nn.Embedding), the model frozen: gradients pass through every layer. prompt:
+        n x hidden input embeddings, which lengthen every example. prefix: keys and values for every layer,
+        n x layers x 2 x token_dim (peft's token_dim: the key/value width); with prefix_projection peft's PrefixEncoder
+        makes them with an MLP: embedding n x token_dim, Linear(token_dim, encoder_hidden_size), Tanh,
+        Linear(encoder_hidden_size, layers x 2 x token_dim), encoder_hidden_size defaulting to token_dim."""
+        from tuneforge.memory.footprint import ADAPTER, Footprint, Tensors, section
+
+        sec: PromptLearningSection = section(PromptLearningSection, x)
+        n, layers = sec.num_virtual_tokens, shape.layers
+        if kind == "prompt":
+            return Footprint((Tensors(n * shape.hidden, 1, ADAPTER, embedding=True),), frozen_layers=layers, extra_tokens=n,
+                             detail={"method": f"{n} virtual tokens x {shape.hidden}"})
+        token_dim = shape.kv_dim
+        if not sec.prefix_projection:
+            ts = (Tensors(n * layers * 2 * token_dim, 1, ADAPTER, embedding=True),)
+        else:
+            enc = token_dim
+            ts = (Tensors(n * token_dim, 1, ADAPTER, embedding=True), Tensors(token_dim * enc, 1, ADAPTER), Tensors(enc, 1, ADAPTER),
+                  Tensors(enc * layers * 2 * token_dim, 1, ADAPTER), Tensors(layers * 2 * token_dim, 1, ADAPTER))
+        return Footprint(ts, frozen_layers=layers, detail={"method": f"{n} prefix tokens x {layers} layers x 2 x {token_dim}"
+                                                                     + (" through an MLP" if sec.prefix_projection else "")})
+
+    return memory
+
+
+register_method("prefix", PromptLearningSection, _apply("prefix"), packs=False, adapter=True, quantizable=True, memory=_memory("prefix"),
+                help="Learned key/value prefixes for every layer; the model stays frozen.")
+register_method("prompt", PromptLearningSection, _apply("prompt"), packs=False, adapter=True, quantizable=True, memory=_memory("prompt"),
+                help="Learned virtual input tokens; the model stays frozen.")
