@@ -6,7 +6,7 @@ import os
 
 from tuneforge.data.loaders import data_files
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: stats carry train_longest
 
 
 def cache_root(cache_dir: str | None) -> str:
@@ -40,12 +40,26 @@ def key(attrs, tokenizer, settings: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+def _folder(root: str, k: str) -> str:
+    return os.path.join(root, "tokenized", k)
+
+
+def _complete(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, "stats.json"))  # written last, renamed in with the data
+
+
 def load(root: str, k: str):
-    """The cached DatasetDict and its stats, or None."""
+    """The cached DatasetDict and its stats, or None.
+
+    Under torchrun every rank calls this and gets the main process's answer: then either all ranks read the
+    cache, or all miss and call `save` (which the main process writes and the others wait for).
+    """
     from datasets import load_from_disk
 
-    folder = os.path.join(root, "tokenized", k)
-    if not os.path.isfile(os.path.join(folder, "stats.json")):
+    from tuneforge.distributed import broadcast_from_main
+
+    folder = _folder(root, k)
+    if not broadcast_from_main(_complete(folder)):
         return None
     with open(os.path.join(folder, "stats.json")) as fh:
         stats = json.load(fh)
@@ -53,10 +67,20 @@ def load(root: str, k: str):
 
 
 def save(root: str, k: str, dsd, stats: dict) -> None:
-    """Write atomically: a temporary folder renamed into place, so a crash leaves no half cache."""
+    """Write atomically: a temporary folder renamed into place, so a crash leaves no half cache. Only the main
+    process writes; the other ranks (which hold the same rows) wait until it has.
+
+    An entry that already existed before we started is replaced (overwrite_cache); one another process wrote
+    while we tokenized holds the same content and is kept.
+    """
+    from tuneforge.distributed import is_main_process, main_process_first
     from tuneforge.fsutil import atomic_folder
 
-    with atomic_folder(os.path.join(root, "tokenized", k)) as tmp:
-        dsd.save_to_disk(os.path.join(tmp, "data"))
-        with open(os.path.join(tmp, "stats.json"), "w") as fh:
-            json.dump(stats, fh)
+    folder = _folder(root, k)
+    with main_process_first(f"writing the tokenized data cache {folder}", ready=lambda: _complete(folder)):
+        if not is_main_process():
+            return
+        with atomic_folder(folder, keep_existing=not _complete(folder)) as tmp:
+            dsd.save_to_disk(os.path.join(tmp, "data"))
+            with open(os.path.join(tmp, "stats.json"), "w") as fh:
+                json.dump(stats, fh)

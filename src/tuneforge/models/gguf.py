@@ -37,11 +37,26 @@ def convert(source: ModelSource, cache_root: str) -> str:
     """Return a plain HF folder for a GGUF source, converting it on first use.
 
     The folder is written to a temporary name and renamed when complete, so an interrupted
-    conversion never leaves a half-written cache.
+    conversion never leaves a half-written cache. Under torchrun the main process converts; the
+    other ranks wait for its folder.
     """
+    from tuneforge.distributed import is_main_process, main_process_first
+
     folder = cached_folder(source, cache_root)
-    if os.path.isfile(os.path.join(folder, "config.json")):
-        return folder
+    done = os.path.join(folder, "config.json")
+    with main_process_first(f"converting {source.gguf_file} into {folder}", ready=lambda: os.path.isfile(done)):
+        if os.path.isfile(done):
+            return folder
+        if not is_main_process():
+            from tuneforge import TuneforgeError
+
+            raise TuneforgeError(f"the main process did not convert {source.gguf_file} into {folder} (did it fail? is cache_dir "
+                                 f"on a filesystem every rank sees?)")
+        _convert_into(source, folder)
+    return folder
+
+
+def _convert_into(source: ModelSource, folder: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -65,8 +80,7 @@ def convert(source: ModelSource, cache_root: str) -> str:
     plain.tie_weights()
     from tuneforge.fsutil import atomic_folder
 
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, keep_existing=True) as tmp:  # content-keyed: another job's identical copy may land first
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     log.info("converted in %.1f s", time.time() - t0)
-    return folder
