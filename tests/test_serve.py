@@ -183,3 +183,30 @@ def test_api_refuses_to_listen_off_loopback_without_a_key():
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and not is_loopback("0.0.0.0")
     with pytest.raises(TuneforgeError, match="set --api-key"):
         serve(config.load(None, {}, purpose="infer"), host="0.0.0.0", api_key=None)
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--port", "abc", "--port takes a whole number 1-65535 (got abc)"),
+    ("--port", "70000", "--port takes a whole number 1-65535 (got 70000)"),
+    ("--max-tokens", "0", "--max-tokens takes a whole number >= 1 (got 0)"),
+    ("--max-request-bytes", "1e6", "--max-request-bytes takes a whole number >= 1 (got 1e6)"),
+])
+def test_api_names_a_bad_flag_before_loading_the_model(tiny_model_dir, monkeypatch, flag, value, message):
+    from tuneforge import TuneforgeError, cli
+
+    monkeypatch.setattr(ChatEngine, "from_config", classmethod(lambda cls, cfg, name=None: pytest.fail("model loaded")))
+    with pytest.raises(TuneforgeError) as e:
+        cli.cmd_api(["--model", tiny_model_dir, flag, value])
+    assert str(e.value) == message
+
+
+def test_api_reports_a_model_loading_error_as_itself_not_as_a_bad_port(tiny_model_dir, monkeypatch):
+    from tuneforge import cli
+
+    def broken(cls, cfg, name=None):
+        raise ValueError("Unrecognized configuration class for this kind of AutoModel")
+
+    monkeypatch.setattr(ChatEngine, "from_config", classmethod(broken))
+    with pytest.raises(ValueError, match="Unrecognized configuration class") as e:
+        cli.cmd_api(["--model", tiny_model_dir, "--port", "8123"])
+    assert "port" not in str(e.value)

@@ -8,16 +8,19 @@ from tuneforge import TuneforgeError
 log = logging.getLogger(__name__)
 
 
-def merge_adapter(model_name_or_path: str, adapter_name_or_path: str | None, cache_dir: str | None = None,
-                  template: str = "auto"):
+def merge_adapter(model, adapter: str | None = None, cache_dir: str | None = None, template: str = "auto"):
     """(merged model in fp32, tokenizer with the adapter's saved template). Without an adapter, the base itself.
 
-    The base is loaded in full precision (a QLoRA adapter is merged into dequantized weights), so the merge
-    adds BA exactly once in fp32; casting to the export dtype happens afterwards.
+    `model` is the ModelSection (`cfg.model`; its adapter_name_or_path and trust_remote_code apply) or a model
+    name or path; `adapter` and `cache_dir` override the section's. The base is loaded unquantized in float32
+    even when quantization_bit is set (a QLoRA adapter is merged into full-precision weights), so the merge adds
+    BA exactly once in fp32; casting to the export dtype happens afterwards.
     """
-    from tuneforge.infer.generate import load_for_inference
+    from tuneforge.infer.generate import inference_model_section, load_for_inference
 
-    model, tokenizer = load_for_inference(model_name_or_path, adapter_name_or_path, cache_dir, template)
+    mcfg = inference_model_section(model, adapter, cache_dir)
+    adapter_name_or_path = mcfg.adapter_name_or_path
+    model, tokenizer = load_for_inference(mcfg, template=template, full_precision=True)
     if adapter_name_or_path:
         if model.peft_config["default"].is_prompt_learning:
             raise TuneforgeError(f"adapter_name_or_path `{adapter_name_or_path}` holds prefix/prompt tuning, which adds virtual "
@@ -42,13 +45,12 @@ def export_model(cfg) -> str:
 
     exp = cfg.export
     _check_target(exp.export_dir, exp.export_overwrite)
-    model, tokenizer = merge_adapter(cfg.model.model_name_or_path, cfg.model.adapter_name_or_path, cfg.model.cache_dir,
-                                     cfg.data.template)
+    model, tokenizer = merge_adapter(cfg.model, template=cfg.data.template)
     model = model.to(getattr(torch, exp.export_dtype))
     model.config.use_cache = True
     from tuneforge.fsutil import atomic_folder
 
-    with atomic_folder(exp.export_dir, public=True) as tmp:
+    with atomic_folder(exp.export_dir, public=True) as tmp:  # an existing export_dir stays until the new one is complete
         model.save_pretrained(tmp, max_shard_size=f"{int(exp.export_size * 1000)}MB")
         tokenizer.save_pretrained(tmp)
         if exp.export_ollama:

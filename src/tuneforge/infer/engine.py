@@ -53,13 +53,13 @@ class ChatEngine:
 
     @classmethod
     def from_config(cls, cfg, name: str | None = None) -> "ChatEngine":
-        """Load `model_name_or_path` (+ `adapter_name_or_path`) with the saved or configured template."""
+        """Load `cfg.model` (+ its adapter) as training does (torch_dtype, quantization_bit, trust_remote_code) with
+        the saved or configured template."""
         import os
 
         from tuneforge.infer.generate import load_for_inference
 
-        model, tok = load_for_inference(cfg.model.model_name_or_path, cfg.model.adapter_name_or_path, cfg.model.cache_dir,
-                                        cfg.data.template)
+        model, tok = load_for_inference(cfg.model, template=cfg.data.template, train_args=cfg.train.args)
         name = name or os.path.basename(os.path.normpath(cfg.model.adapter_name_or_path or cfg.model.model_name_or_path))
         return cls(model, tok, name, cfg.generation.default_system, GenerationSettings.from_section(cfg.generation))
 
@@ -67,7 +67,7 @@ class ChatEngine:
         if self.default_system and not (messages and messages[0]["role"] == "system"):
             messages = [{"role": "system", "content": self.default_system}, *messages]
         enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        return enc["input_ids"]
+        return enc["input_ids"].to(self.model.device)
 
     def _generate_kwargs(self, ids, s: GenerationSettings) -> dict:
         import torch
