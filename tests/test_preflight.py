@@ -10,6 +10,7 @@ from tuneforge.config import ConfigError
 
 def check(**kw):
     cfg = config.load(None, {"output_dir": kw.pop("output_dir", "unused-out"), **kw})
+    preflight.check_output(cfg)
     preflight.check(cfg)
     return cfg
 
@@ -50,11 +51,18 @@ def test_missing_dataset_is_named(tiny_model_dir):
         check(model_name_or_path=tiny_model_dir)
 
 
-def test_problems_from_several_sections_come_together(data_dir):
+def test_problems_from_several_sections_come_together_with_their_keys(data_dir, tmp_path):
     with pytest.raises(ConfigError) as e:
-        check(model_name_or_path="/no/model", dataset="nope", dataset_dir=data_dir, stage="dpo")
+        check(model_name_or_path="/no/model", dataset="nope", dataset_dir=data_dir, adapter_name_or_path=str(tmp_path))
     text = str(e.value)
-    assert "stage `dpo` is not implemented yet" in text and "/no/model" in text and "`nope`" in text
+    assert "/no/model" in text and "`nope`" in text and "adapter_config.json" in text
+    assert {p.key for p in e.value.problems} == {"model_name_or_path", "dataset", "adapter_name_or_path"}
+
+
+def test_an_unregistered_stage_is_a_config_error_naming_the_key_and_the_registered_ones():
+    with pytest.raises(ConfigError) as e:
+        config.load(None, {"output_dir": "o", "stage": "dpo"})
+    assert e.value.problems[0].key == "stage" and "stage `dpo` is not available; choose one of sft" in str(e.value)
 
 
 def test_finished_output_dir_is_not_overwritten(tmp_path, data_dir, tiny_model_dir):

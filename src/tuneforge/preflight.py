@@ -1,34 +1,47 @@
-"""Cheap checks across sections that need the filesystem (model path, datasets, output folder), before
-anything heavy loads. Every problem is collected and raised once."""
+"""Cheap checks across sections that need the filesystem (output folder, model path, datasets, adapter), before
+anything heavy loads. Every problem is collected and raised once as (key, message) pairs."""
 
 from tuneforge import TuneforgeError
 from tuneforge.config import ConfigError
 
 
-def check(cfg) -> None:
-    """Raise ConfigError listing every problem with the model, datasets, stage and output folder."""
-    from tuneforge import stages
-    from tuneforge.data import registry
-    from tuneforge.models import aliases
-    from tuneforge.train.output import resolve_resume
-
+def _collect(steps: list) -> list:
     problems = []
-    if cfg.method.stage not in stages.STAGES:
-        problems.append(f"stage `{cfg.method.stage}` is not implemented yet; available: {', '.join(sorted(stages.STAGES))}")
-    if not cfg.data.dataset:
-        problems.append("dataset is missing; name datasets from dataset_info.json (e.g. `dataset: identity`) or give a file path")
-    steps = [lambda: aliases.resolve(cfg.model.model_name_or_path), lambda: resolve_resume(cfg.output)]
-    if cfg.data.dataset:
-        steps.append(lambda: registry.resolve(cfg.data.dataset, cfg.data.dataset_dir))
-    if cfg.data.eval_dataset:
-        problems.append("eval_dataset is not supported yet; use val_size to hold out part of the training data")
-    if cfg.model.adapter_name_or_path:
-        steps.append(lambda: _check_adapter(cfg.model.adapter_name_or_path))
-    for step in steps:
+    for key, step in steps:
         try:
             step()
         except TuneforgeError as e:
-            problems += str(e).splitlines()
+            problems += [(getattr(e, "key", None) or key, line) for line in str(e).splitlines()]
+    return problems
+
+
+def check_output(cfg) -> None:
+    """The output folder is ours to write: not a file, no finished run (unless overwrite_output_dir), no unfinished
+    checkpoints left without resume_from_checkpoint, a resume path that is a checkpoint. Nothing is written."""
+    from tuneforge.train.output import resolve_resume
+
+    problems = _collect([("output_dir", lambda: resolve_resume(cfg.output))])
+    if problems:
+        raise ConfigError(problems)
+
+
+def check(cfg) -> None:
+    """Raise ConfigError listing every problem with the model, datasets and adapter."""
+    from tuneforge.data import registry
+    from tuneforge.models import aliases
+
+    problems = []
+    if not cfg.data.dataset:
+        problems.append(("dataset", "dataset is missing; name datasets from dataset_info.json (e.g. `dataset: identity`) "
+                                    "or give a file path"))
+    if cfg.data.eval_dataset:
+        problems.append(("eval_dataset", "eval_dataset is not supported yet; use val_size to hold out part of the training data"))
+    steps = [("model_name_or_path", lambda: aliases.resolve(cfg.model.model_name_or_path))]
+    if cfg.data.dataset:
+        steps.append(("dataset", lambda: registry.resolve(cfg.data.dataset, cfg.data.dataset_dir)))
+    if cfg.model.adapter_name_or_path:
+        steps.append(("adapter_name_or_path", lambda: _check_adapter(cfg.model.adapter_name_or_path)))
+    problems += _collect(steps)
     if problems:
         raise ConfigError(problems)
 
@@ -44,15 +57,9 @@ def check_model(cfg) -> None:
     """For chat, api and export: the model and adapter paths exist (nothing is loaded)."""
     from tuneforge.models import aliases
 
-    problems = []
-    try:
-        aliases.resolve(cfg.model.model_name_or_path)
-    except TuneforgeError as e:
-        problems.append(str(e))
+    steps = [("model_name_or_path", lambda: aliases.resolve(cfg.model.model_name_or_path))]
     if cfg.model.adapter_name_or_path:
-        try:
-            _check_adapter(cfg.model.adapter_name_or_path)
-        except TuneforgeError as e:
-            problems.append(str(e))
+        steps.append(("adapter_name_or_path", lambda: _check_adapter(cfg.model.adapter_name_or_path)))
+    problems = _collect(steps)
     if problems:
         raise ConfigError(problems)

@@ -8,8 +8,8 @@ RENAMED: dict[str, tuple[str, Any]] = {
     "warmup_ratio": ("warmup_steps", float),  # transformers 5 reads a float < 1 in warmup_steps as a ratio
     "group_by_length": ("train_sampling_strategy", lambda v: "group_by_length" if v else "random"),
     "flash_attn": ("attn_implementation", lambda v: {"fa2": "flash_attention_2", "disabled": "eager"}.get(v, "sdpa")),
-    "lisa_activated_layers": ("lisa_layers", None),
-    "lisa_interval_steps": ("lisa_interval", None),
+    # LLaMA-Factory checkpoints activations unless told not to
+    "disable_gradient_checkpointing": ("gradient_checkpointing", lambda v: not v),
     "infer_dtype": ("torch_dtype", lambda v: "auto" if v in ("auto", None) else {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(v, v)),
 }
 
@@ -19,7 +19,7 @@ LLAMAFACTORY_ONLY = set("""
 adapter_folder add_special_tokens add_tokens apollo_layerwise apollo_proj apollo_proj_type apollo_rank apollo_scale
 apollo_scale_front apollo_scale_type apollo_target apollo_update_interval audio_sampling_rate badam_mask_mode
 badam_mode badam_start_block badam_switch_interval badam_switch_mode badam_update_ratio badam_verbose buffer_size
-compute_accuracy create_new_adapter crop_to_patches disable_gradient_checkpointing disable_shuffling
+compute_accuracy create_new_adapter crop_to_patches disable_shuffling
 disable_version_check do_sample dpo_label_smoothing enable_liger_kernel enable_thinking eval_num_beams
 eval_on_each_dataset export_device export_hub_model_id export_legacy_format export_quantization_bit
 export_quantization_dataset export_quantization_maxlen export_quantization_nsamples finetuning_args
@@ -41,19 +41,32 @@ vllm_enforce_eager vllm_gpu_util vllm_max_lora_rank vllm_maxlen
 """.split())
 
 
-def normalize(flat: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """LLaMA-Factory switches that choose a method here: `use_galore: true` with full fine-tuning is
-    `finetuning_type: galore`. Returns the new dict and one note per change (logged by the loader)."""
-    flat, notes = dict(flat), []
-    if "use_galore" in flat:
-        on = flat.pop("use_galore")
-        if on in (True, "true", "True", 1):
-            if flat.get("finetuning_type", "lora") in ("full", "galore"):
-                flat["finetuning_type"] = "galore"
-                notes.append("use_galore: true with finetuning_type: full -> finetuning_type: galore")
-            else:
-                from tuneforge.config.errors import ConfigError
+# Our keys that are also LLaMA-Factory's names (every TrainingArguments name is one too); `describe()` marks them.
+LLAMAFACTORY_NAMES = set("""
+model_name_or_path adapter_name_or_path trust_remote_code cache_dir quantization_bit quantization_method quantization_type
+double_quantization dataset dataset_dir eval_dataset template cutoff_len max_samples val_size train_on_prompt mask_history
+packing mix_strategy interleave_probs overwrite_cache preprocessing_num_workers stage finetuning_type plot_loss output_dir
+overwrite_output_dir resume_from_checkpoint lora_rank lora_alpha lora_dropout lora_target additional_target use_dora
+use_rslora pissa_init pissa_iter loraplus_lr_ratio freeze_trainable_layers freeze_trainable_modules freeze_extra_modules
+galore_target galore_rank galore_update_interval galore_scale galore_layerwise temperature top_p top_k max_new_tokens
+repetition_penalty default_system export_dir export_size
+""".split())
 
-                raise ConfigError([f"use_galore: true trains all weights with GaLore; it needs finetuning_type: full "
-                                   f"(got `{flat.get('finetuning_type', 'lora')}`), or write finetuning_type: galore"])
+
+def is_llamafactory_config(given: set[str]) -> bool:
+    """A config written for LLaMA-Factory: it has `do_train` (every LLaMA-Factory recipe does) or keys only it knows."""
+    return "do_train" in given or bool(given & (LLAMAFACTORY_ONLY | set(RENAMED)))
+
+
+def normalize(flat: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """LLaMA-Factory switches that choose or configure a method here (each method's own `llamafactory` hook, e.g.
+    `use_galore: true` with full fine-tuning is `finetuning_type: galore`). Returns the new dict and one note per
+    change (logged by the loader)."""
+    from tuneforge.methods.registry import METHODS
+
+    flat, notes = dict(flat), []
+    for method in METHODS.values():
+        if method.llamafactory is not None:
+            flat, more = method.llamafactory(flat)
+            notes += more
     return flat, notes

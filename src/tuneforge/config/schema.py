@@ -6,8 +6,6 @@ from typing import Literal
 
 from tuneforge.config.fields import field
 
-STAGES = ("pt", "sft", "rm", "ppo", "dpo", "kto")
-
 
 @dataclass
 class ModelSection:
@@ -61,7 +59,14 @@ class DataSection:
     seed: int = field(42, help="Seed for shuffling, splitting and interleaving data (also the training seed).")
 
     def validate(self) -> list[str]:
+        from tuneforge.data.templates import known_templates
+
         problems = []
+        if self.template not in known_templates():
+            from tuneforge.config.errors import did_you_mean
+
+            problems.append(f"template `{self.template}` is unknown{did_you_mean(self.template, known_templates())}; use auto "
+                            f"(the tokenizer's own) or one of {', '.join(sorted(known_templates()))}")
         if self.cutoff_len <= 0:
             problems.append(f"cutoff_len must be > 0 (got {self.cutoff_len})")
         if self.max_samples is not None and self.max_samples <= 0:
@@ -82,14 +87,18 @@ class DataSection:
 class MethodSection:
     """Which stage runs and which fine-tuning method decides the trainable parameters."""
 
-    stage: Literal[STAGES] = field("sft", help="Training stage: pt, sft, rm, ppo, dpo or kto.")  # type: ignore[valid-type]
-    finetuning_type: str = field("lora", help="Fine-tuning method: full, freeze, lora, galore, lisa, prefix or prompt.")
+    stage: str = field("sft", help="Training stage (the registered stages are listed by `tuneforge train --help-keys`).")
+    finetuning_type: str = field("lora", help="Fine-tuning method (the registered methods are listed by `tuneforge train --help-keys`).")
     memory_check: bool = field(True, help="Refuse to start when the memory estimate is far above the memory available.")
     supervised_logits_only: bool = field(
         True, help="Project onto the vocabulary only where labels are supervised, in chunks (same loss, less time and memory).")
     allocator: Literal["auto", "tcmalloc", "jemalloc", "system"] = field(
         "auto", help="malloc for `tuneforge train`: auto uses tcmalloc or jemalloc when the system has it (faster, less "
                      "fragmentation on the CPU), system keeps glibc's.")
+    llamafactory_defaults: bool | None = field(
+        None, help="Apply LLaMA-Factory's defaults where they differ from tuneforge's (activation checkpointing on unless "
+                   "disable_gradient_checkpointing: true). Default: on for an LLaMA-Factory config (one with `do_train` or "
+                   "keys only LLaMA-Factory knows); the run logs every default it applied.")
 
     def validate(self) -> list[str]:
         return []

@@ -41,22 +41,39 @@ class TrainSection:
         return default
 
 
-_FIELDS: dict[str, dataclasses.Field] | None = None
+_FIELDS: dict[type, dict[str, dataclasses.Field]] = {}
 
 
-def training_fields() -> dict[str, dataclasses.Field]:
-    """TrainingArguments' fields by name (imports transformers once)."""
-    global _FIELDS
-    if _FIELDS is None:
-        from transformers import TrainingArguments
+def _default_args_class() -> type:
+    from transformers import TrainingArguments
 
-        hints = typing.get_type_hints(TrainingArguments)
-        _FIELDS = {}
-        for f in dataclasses.fields(TrainingArguments):
+    return TrainingArguments
+
+
+def training_fields(args_class: type | None = None, own_only: bool = False) -> dict[str, dataclasses.Field]:
+    """The fields of a stage's arguments class (TrainingArguments or a TRL config) by name, minus the keys other
+    sections own. Both checkpointing spellings are accepted even where the installed class has only one of them
+    (`own_only`: just the class's own fields)."""
+    cls = args_class or _default_args_class()
+    if cls not in _FIELDS:
+        hints = typing.get_type_hints(cls)
+        fields = {}
+        for f in dataclasses.fields(cls):
             if f.init and f.name not in OWNED_ELSEWHERE:
                 f.type = hints.get(f.name, f.type)
-                _FIELDS[f.name] = f
-    return _FIELDS
+                fields[f.name] = f
+        _FIELDS[cls] = fields
+    fields = _FIELDS[cls]
+    if own_only:
+        return fields
+    from tuneforge.train.checkpointing import ALIASES
+
+    aliased = dict(fields)
+    for old, new in ALIASES:
+        for a, b in ((old, new), (new, old)):
+            if a not in aliased and b in fields:
+                aliased[a] = fields[b]
+    return aliased
 
 
 def _enum_in(tp: Any) -> type[enum.Enum] | None:
@@ -69,9 +86,9 @@ def _enum_in(tp: Any) -> type[enum.Enum] | None:
     return None
 
 
-def coerce_training_value(name: str, value: Any) -> Any:
-    """Check one TrainingArguments value against its annotation; ValueError names what is allowed."""
-    tp = training_fields()[name].type
+def coerce_training_value(name: str, value: Any, args_class: type | None = None) -> Any:
+    """Check one `train` value against its annotation in the stage's arguments class; ValueError names what is allowed."""
+    tp = training_fields(args_class)[name].type
     choices = _enum_in(tp)
     if choices is not None and value is False and "no" in [c.value for c in choices]:
         value = "no"  # YAML 1.1 reads an unquoted `no` as false
@@ -92,20 +109,21 @@ def coerce_training_value(name: str, value: Any) -> Any:
         return value
 
 
-def build_training_arguments(cfg, check_only: bool = False, overrides: dict | None = None):
-    """`transformers.TrainingArguments` from a RunConfig: our defaults, then the user's values, then the
-    values the method sets (e.g. GaLore's optimizer).
+def build_training_arguments(cfg, check_only: bool = False, overrides: dict | None = None, args_class: type | None = None):
+    """The stage's arguments (`transformers.TrainingArguments` or a TRL config) from a RunConfig: our defaults, then
+    the user's values, then the values the method sets (e.g. GaLore's optimizer).
 
     Args:
         cfg: the RunConfig.
         check_only: build only to let the library validate combinations.
         overrides: values the fine-tuning method sets.
+        args_class: the stage's arguments class (default: TrainingArguments).
     """
     import torch
-    from transformers import TrainingArguments
 
     from tuneforge.train import checkpointing
 
+    cls = args_class or _default_args_class()
     kwargs = {**DEFAULTS, **cfg.train.args, **(overrides or {})}
     kwargs["output_dir"] = cfg.output.output_dir or "unset"
     kwargs["seed"] = cfg.data.seed
@@ -113,8 +131,10 @@ def build_training_arguments(cfg, check_only: bool = False, overrides: dict | No
     kwargs.setdefault("include_num_input_tokens_seen", "all" if cfg.data.packing else "non_padding")
     if not torch.cuda.is_available():
         kwargs.setdefault("use_cpu", True)
-    kwargs = checkpointing.normalize(kwargs)  # transformers 5 names; LLaMA-Factory's gradient_checkpointing still works
-    if kwargs.get("activation_checkpointing"):
+    prefix = checkpointing.installed_prefix()
+    kwargs = checkpointing.normalize(kwargs, prefix)  # a resolved config already has the installed spelling
+    if kwargs.get(f"{prefix}_checkpointing"):
         # non-reentrant checkpointing lets gradients reach adapters on a frozen (or quantized) base
-        kwargs["activation_checkpointing_kwargs"] = {"use_reentrant": False, **checkpointing.kwargs_of(kwargs)}
-    return TrainingArguments(**kwargs)
+        kwargs[f"{prefix}_checkpointing_kwargs"] = {"use_reentrant": False, **checkpointing.kwargs_of(kwargs)}
+    own = training_fields(cls, own_only=True)
+    return cls(**{k: v for k, v in kwargs.items() if k in own or k in ("output_dir", "seed", "resume_from_checkpoint")})

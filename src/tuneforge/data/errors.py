@@ -5,3 +5,5 @@ from tuneforge import TuneforgeError
 
 class DataError(TuneforgeError):
     """A dataset problem the user can fix (registry entry, file, column or row)."""
+
+    key = "dataset"

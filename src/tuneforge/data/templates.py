@@ -27,6 +27,11 @@ TOKENIZER_OWN = {"auto", "default", "empty", "smollm", "smollm2", "qwen", "qwen2
                  "gemma", "gemma2", "phi", "phi3", "deepseek", "deepseek3", "glm4", "yi", "baichuan2", "intern2", "olmo"}
 
 
+def known_templates() -> set[str]:
+    """Every name `template` accepts."""
+    return set(NAMED) | TOKENIZER_OWN
+
+
 def apply_template(tokenizer, name: str, log=None) -> str:
     """Set the tokenizer's chat template from `template` and return which one is used.
 

@@ -54,6 +54,10 @@ class LoraSection:
             problems.append("pissa_init initialises new adapters; drop it when continuing from adapter_name_or_path")
         return problems
 
+    def resolve(self, cfg) -> dict:
+        """Values that follow from the others: lora_alpha defaults to 2 x lora_rank."""
+        return {"lora_alpha": (2 * self.lora_rank, "2 x lora_rank")} if self.lora_alpha is None else {}
+
 
 def lora_config_from(sec: LoraSection, model):
     """A peft LoraConfig from the section; `all` means every linear layer but the output head."""
@@ -79,6 +83,7 @@ def lora_config_from(sec: LoraSection, model):
 def apply(model, cfg):
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
+    from tuneforge.distributed import is_main_process
     from tuneforge.methods import lora_forward
     from tuneforge.models.quantization import is_quantized
     from tuneforge.train import checkpointing
@@ -93,7 +98,8 @@ def apply(model, cfg):
         model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
     else:
         model = get_peft_model(model, lora_config_from(sec, model))
-        if sec.pissa_init:  # keep the initial adapter: saving converts PiSSA to a plain LoRA against the original base
+        if sec.pissa_init and is_main_process():  # keep the initial adapter: saving converts PiSSA to a plain LoRA
+            # against the original base. The init is deterministic given the weights, so other ranks build the same model.
             model.save_pretrained(os.path.join(cfg.output.output_dir, PISSA_INIT_DIR))
     lora_forward.fuse(model)
     return model
@@ -119,13 +125,44 @@ def optimizer(model, cfg, args):
 
 
 def save(model, output_dir, cfg) -> bool:
-    """PiSSA adapters are saved converted, so they apply to the original (unmodified) base."""
+    """PiSSA adapters are saved converted, so they apply to the original (unmodified) base; by the main process only."""
     if not cfg.method_section("lora").pissa_init:
         return False
+    from tuneforge.distributed import is_main_process
+
+    if not is_main_process():
+        return True  # saved (by rank 0); every rank answers the same, so all skip the Trainer's own save
     init_dir = os.path.join(output_dir, PISSA_INIT_DIR)
     model.save_pretrained(output_dir, path_initial_model_for_weight_conversion=init_dir)
     shutil.rmtree(init_dir, ignore_errors=True)
     return True
 
 
-register_method("lora", LoraSection, apply, optimizer=optimizer, save=save)
+def memory(shape, x):
+    """Adapters A (r x in) and B (out x r) on the targeted linears of every layer, in fp32 (DoRA: + a magnitude per
+    output); `additional_target` modules (peft modules_to_save: names a module's name ends with) train as full
+    copies beside their frozen originals. Every layer keeps its adapted linears' inputs."""
+    from tuneforge.memory.footprint import ADAPTER, COPY, EMBED, HEAD, NORM, Footprint, Tensors, matched_parameters, section
+
+    sec: LoraSection = section(LoraSection, x)
+    linears = shape.linears()
+    targets = linears if list(sec.lora_target) == ["all"] else {k: v for k, v in linears.items() if k in sec.lora_target}
+    r, layers = sec.lora_rank, shape.layers
+    ts = []
+    for a, b in targets.values():
+        ts += [Tensors(r * a, layers, ADAPTER), Tensors(r * b, layers, ADAPTER)] + ([Tensors(b, layers, ADAPTER)] if sec.use_dora else [])
+    extra = list(sec.additional_target or [])
+    copied = matched_parameters(shape, lambda name: any(name.endswith(t) for t in extra)) if extra else {}
+    ts += [Tensors(n, 1, COPY, embedding=name == EMBED) for name, n in copied.items()]
+    trained = layers if targets else 0
+    below_head = any(name not in (HEAD, NORM) for name in copied)  # gradients reach the layers (or the embeddings)
+    return Footprint(tuple(ts), trained_layers=trained, frozen_layers=layers - trained if below_head else 0,
+                     head_gradient=HEAD in copied,
+                     detail={"method": f"LoRA r={r} on {len(targets)} linears x {layers} layers" + (" (DoRA)" if sec.use_dora else "")
+                             + (f" + trainable copies of {', '.join(extra)}" if extra else "")})
+
+
+register_method("lora", LoraSection, apply, optimizer=optimizer, save=save, adapter=True, quantizable=True, memory=memory,
+                fit=(("lora", {}, 1.00), ("lora + 8-bit AdamW", {"optim": "adamw_bnb_8bit"}, 0.90),
+                     ("qlora 8-bit", {"quantization_bit": 8}, 0.96), ("qlora 4-bit", {"quantization_bit": 4}, 0.89)),
+                help="Low-rank adapters on a frozen base (QLoRA with quantization_bit; DoRA, rsLoRA, PiSSA, LoRA+).")

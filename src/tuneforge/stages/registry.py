@@ -1,18 +1,70 @@
-"""The stage registry: `stage: sft` -> its run(cfg) function."""
+"""The stage registry: one record per training stage (`stage: sft`), found by name. A record says which arguments
+class its `train` keys come from (TrainingArguments or a TRL config class), what data it reads, how it builds its
+data and trainer, and whether its rows pack; config validation, `describe()`, preflight and the Board all read it."""
 
-from typing import Callable
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
-STAGES: dict[str, Callable] = {}
+# The kinds of data a stage reads (the data pipeline turns dataset_info.json entries into one of these).
+DATA_KINDS = ("text", "supervised", "pairwise", "unpaired", "prompt")
 
 
-def register_stage(name: str, run: Callable) -> None:
+def _training_arguments() -> type:
+    from transformers import TrainingArguments
+
+    return TrainingArguments
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A training stage.
+
+    build_data(cfg, tokenizer, progress) -> (datasets {"train", "eval"?}, stats, collator): tokenized rows of
+        `data_kind`; `stats["train_longest"]` lists the longest rows' token counts (the pre-run memory check reads it).
+    build_trainer(cfg, model, tokenizer, datasets, collator, callbacks) -> a transformers/TRL Trainer, not trained yet.
+    args_class() -> the arguments class whose field names are this stage's `train` keys (imported lazily).
+    data_kind: one of DATA_KINDS.
+    packs: whether rows of this stage may be packed (`packing` defaults to method.packs and stage.packs).
+    train_defaults: `train` values this stage sets unless the user does (logged by config.resolve).
+    memory(x) -> x: how the stage changes the estimator's input (a preference pair doubles the rows), or None.
+    help: one line for `--help-keys` and the Board.
+    """
+
+    name: str
+    build_data: Callable[..., Any]
+    build_trainer: Callable[..., Any]
+    args_class: Callable[[], type] = _training_arguments
+    data_kind: str = "supervised"
+    packs: bool = True
+    train_defaults: dict = field(default_factory=dict)
+    memory: Callable[[Any], Any] | None = None
+    help: str = ""
+
+
+STAGES: dict[str, Stage] = {}
+
+
+def register_stage(name: str, build_data, build_trainer, **facts) -> Stage:
+    """Register a stage under a lowercase name; duplicates and unknown data kinds are refused."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ValueError(f"stage name `{name}` must be lowercase letters, digits and underscores")
     if name in STAGES:
         raise ValueError(f"stage `{name}` is already registered")
-    STAGES[name] = run
+    kind = facts.get("data_kind", "supervised")
+    if kind not in DATA_KINDS:
+        raise ValueError(f"stage `{name}`: data_kind `{kind}` is not one of {', '.join(DATA_KINDS)}")
+    STAGES[name] = Stage(name, build_data, build_trainer, **facts)
+    return STAGES[name]
 
 
-def get(name: str) -> Callable:
+def unregister_stage(name: str) -> None:
+    """Remove a stage (tests that register a toy stage clean up with this)."""
+    STAGES.pop(name, None)
+
+
+def get(name: str) -> Stage:
     try:
         return STAGES[name]
     except KeyError:
-        raise KeyError(f"stage `{name}` is not implemented yet; available: {', '.join(sorted(STAGES))}") from None
+        raise KeyError(f"stage `{name}` is not registered; available: {', '.join(sorted(STAGES))}") from None

@@ -1,26 +1,25 @@
-"""Supervised fine-tuning: chat data with loss on the assistant's turns, on the Hugging Face Trainer."""
+"""Supervised fine-tuning: chat data with loss on the assistant's turns, on the Hugging Face Trainer with the
+supervised-only loss (train/trainer.py)."""
 
-from tuneforge import data
-from tuneforge.stages.common import build_trainer, load_model, load_tokenizer, train_and_save
 from tuneforge.stages.registry import register_stage
-from tuneforge.train.output import resolve_resume
 
 
-def build(cfg):
-    """(trainer, checkpoint to resume from, data stats) for one SFT job; nothing has trained yet."""
-    resume = resolve_resume(cfg.output)
-    folder, tokenizer = load_tokenizer(cfg)
-    datasets, stats = data.build(cfg.data, tokenizer, cfg.model.cache_dir)
-    model = load_model(cfg, folder)
-    collator = data.build_collator(tokenizer, cfg.data.packing)
-    return build_trainer(cfg, model, tokenizer, datasets, collator), resume, stats
+def build_data(cfg, tokenizer, progress=None):
+    """Tokenized chat rows with loss masks, and the collator (packed or padded)."""
+    from tuneforge import data
+
+    datasets, stats = data.build(cfg.data, tokenizer, cfg.model.cache_dir, progress=progress)
+    return datasets, stats, data.build_collator(tokenizer, cfg.data.packing)
 
 
-def run(cfg) -> dict:
-    """Run one SFT job described by `cfg`; return the final metrics (also in output_dir/all_results.json)."""
-    trainer, resume, stats = build(cfg)
-    return train_and_save(cfg, trainer, resume, {"train_examples": stats["train_examples"],
-                                                 "dataset_supervised_tokens": stats["train_supervised_tokens"]})
+def build_trainer(cfg, model, tokenizer, datasets, collator, callbacks):
+    from tuneforge.stages.common import build_trainer as common_trainer
+    from tuneforge.train.trainer import SupervisedLossTrainer
+
+    trainer = common_trainer(cfg, model, tokenizer, datasets, collator, callbacks, SupervisedLossTrainer)
+    trainer.supervised_logits_only = cfg.method.supervised_logits_only
+    return trainer
 
 
-register_stage("sft", run)
+register_stage("sft", build_data, build_trainer, data_kind="supervised",
+               help="Supervised fine-tuning: chat or instruction data, loss on the assistant's turns.")

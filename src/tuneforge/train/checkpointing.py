@@ -19,15 +19,23 @@ ALIASES = (("gradient_checkpointing", "activation_checkpointing"),
 HINT = 'e.g. `gradient_checkpointing: true` and `gradient_checkpointing_kwargs: {"every_n_layers": 2}`'
 
 
-def normalize(args: dict[str, Any]) -> dict[str, Any]:
-    """`args` with the deprecated names moved to the new ones; ValueError when both are set differently."""
+def installed_prefix() -> str:
+    """`activation` when the installed TrainingArguments has `activation_checkpointing` (transformers 5.x), else
+    `gradient` (older releases); resolution writes the spelling the installed library reads."""
+    from tuneforge.config.train_args import training_fields
+
+    return "activation" if "activation_checkpointing" in training_fields(own_only=True) else "gradient"
+
+
+def normalize(args: dict[str, Any], prefix: str = "activation") -> dict[str, Any]:
+    """`args` with both spellings moved to `prefix`_checkpointing(_kwargs); ValueError when both are set differently."""
     out = dict(args)
     for old, new in ALIASES:
-        if old in out:
-            value = out.pop(old)
-            if new in out and out[new] != value:
-                raise ValueError(f"`{old}` and `{new}` are the same setting and disagree ({value!r} vs {out[new]!r}); keep one")
-            out[new] = value
+        if old in out and new in out and out[old] != out[new]:
+            raise ValueError(f"`{old}` and `{new}` are the same setting and disagree ({out[old]!r} vs {out[new]!r}); keep one")
+        src, dst = (old, new) if prefix == "activation" else (new, old)
+        if src in out:
+            out[dst] = out.pop(src)
     return out
 
 
