@@ -96,7 +96,7 @@ def worker(model: str, folder: str, method: str, data: str, steps: int, out: str
     logging.basicConfig(level=logging.WARNING)
     from tuneforge import config
     from tuneforge.memory import TensorBytesProbe, estimate
-    from tuneforge.stages import sft
+    from tuneforge import run
 
     spec = MODELS[model]
     cfg = config.load(None, [f"model_name_or_path={folder}", "dataset=long", f"dataset_dir={data}", f"output_dir={out}",
@@ -108,7 +108,7 @@ def worker(model: str, folder: str, method: str, data: str, steps: int, out: str
 
     gc.collect()
     baseline = _rss_bytes()
-    trainer, _, _ = sft.build(cfg)
+    trainer, _, _ = run.build(cfg)
     probe = TensorBytesProbe()
     trainer.add_callback(probe)
     trainer.train()

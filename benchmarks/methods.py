@@ -44,13 +44,13 @@ def worker(name: str, steps: int, warmup: int, out: str, overrides: list[str]) -
     from tuneforge import config
     from tuneforge.memory import TensorBytesProbe
     from tuneforge.models.arch import count_parameters
-    from tuneforge.stages import sft
+    from tuneforge import run
     from tuneforge.train.procstats import peak_rss_gib
 
     cfg = config.load(os.path.join(ROOT, "examples", "quickstart_lora_sft.yaml"),
                       [f"output_dir={out}", f"max_steps={steps}", "logging_steps=1", "save_strategy=no", "plot_loss=false",
                        "disable_tqdm=true", *METHODS[name], *overrides])
-    trainer, _, _ = sft.build(cfg)
+    trainer, _, _ = run.build(cfg)
     probe = TensorBytesProbe()
     trainer.add_callback(probe)
     log = []

@@ -9,7 +9,7 @@ import torch
 from transformers import TrainerCallback
 
 from tuneforge.methods.lisa import LisaCallback, active_layers
-from tuneforge.stages import sft
+from tuneforge import run
 from test_methods_efficient import make_cfg
 
 
@@ -32,7 +32,7 @@ class GradRecorder(TrainerCallback):
 
 def lisa_trainer(wide_model_dir, data_dir, tmp_path, **kw):
     cfg = make_cfg(wide_model_dir, data_dir, tmp_path, finetuning_type="lisa", learning_rate=1e-3, **kw)
-    trainer, resume, _ = sft.build(cfg)
+    trainer, resume, _ = run.build(cfg)
     rec = GradRecorder()
     trainer.add_callback(rec)
     lisa = next(c for c in trainer.callback_handler.callbacks if isinstance(c, LisaCallback))

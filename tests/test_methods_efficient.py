@@ -9,7 +9,7 @@ import torch
 
 from tuneforge import config
 from tuneforge.models.arch import count_parameters
-from tuneforge.stages import sft
+from tuneforge import run
 
 
 def make_cfg(model_dir, data_dir, tmp_path, **kw):
@@ -20,7 +20,7 @@ def make_cfg(model_dir, data_dir, tmp_path, **kw):
 
 
 def trainer_for(model_dir, data_dir, tmp_path, **kw):
-    trainer, _, _ = sft.build(make_cfg(model_dir, data_dir, tmp_path, **kw))
+    trainer, _, _ = run.build(make_cfg(model_dir, data_dir, tmp_path, **kw))
     return trainer
 
 
@@ -94,15 +94,14 @@ def test_pissa_starts_at_the_base_model_and_saves_an_adapter_for_the_original_ba
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tuneforge.stages.common import train_and_save
-
     cfg = make_cfg(wide_model_dir, data_dir, tmp_path, pissa_init=True, pissa_iter=-1, lora_rank=4)
-    trainer, resume, _ = sft.build(cfg)
+    prepared = run.build(cfg)
+    trainer = prepared.trainer
     ids = torch.tensor([[5, 9, 23, 77, 101, 3]])
     base = AutoModelForCausalLM.from_pretrained(wide_model_dir).eval()
     with torch.no_grad():
         assert (trainer.model(input_ids=ids).logits - base(input_ids=ids).logits).abs().max() < 1e-4
-    train_and_save(cfg, trainer, resume, {})
+    run.train_and_save(prepared)
     trainer.model.eval()
     with torch.no_grad():
         trained = trainer.model(input_ids=ids).logits

@@ -58,52 +58,23 @@ def _infer_config(args: list[str], purpose: str = "infer", extra_keys: tuple[str
 
 
 def cmd_train(args: list[str]) -> int:
-    """tuneforge train [CONFIG.yaml] [key=value ...]"""
-    from tuneforge import config, preflight, stages
+    """tuneforge train [CONFIG.yaml] [key=value ...]: load and validate the config, then the one run path."""
+    from tuneforge import config, run
 
     if args and args[0] in ("-h", "--help"):
         print("usage: tuneforge train [CONFIG.yaml] [key=value ...]\n"
               "  Runs the YAML recipe (LLaMA-Factory keys work); key=value pairs override it.\n"
-              "  tuneforge train --help-keys lists every key with its help.")
+              "  tuneforge train --help-keys lists every key with its help (--help-keys --json: machine-readable).\n"
+              "  The run appends its phases and progress to OUTPUT_DIR/events.jsonl.")
         return 0
     if args and args[0] == "--help-keys":
-        return _print_keys()
+        return _print_keys(json_out="--json" in args[1:])
     path, overrides = _split_args(args)
     cfg = config.load(path, overrides)
-    preflight.check(cfg)
-    _memory_check(cfg)
-    metrics = stages.get(cfg.method.stage)(cfg)
+    metrics = run.train(cfg)
     print(f"done: train_loss={metrics.get('train_loss', float('nan')):.4f} "
           f"train_tokens_per_second={metrics.get('train_tokens_per_second')} output_dir={cfg.output.output_dir}")
     return 0
-
-
-def _memory_check(cfg) -> None:
-    """One line of estimate before anything heavy loads; refuse when far above what is available."""
-    import logging
-
-    from tuneforge import TuneforgeError
-    from tuneforge.memory import GIB, device_memory, estimate
-
-    log = logging.getLogger("tuneforge.memory")
-    try:
-        report = estimate(cfg)
-    except TuneforgeError as e:  # e.g. a GGUF not converted yet: no config.json to read
-        log.info("memory estimate skipped: %s", e)
-        return
-    available, what = device_memory(available_only=True)
-    log.info("memory estimate: %.2f GiB (weights %.2f, gradients %.2f, optimizer %.2f, activations %.2f, overhead %.2f) "
-             "of %.1f GiB %s available", report.total / GIB, report.weights / GIB, report.gradients / GIB, report.optimizer / GIB,
-             report.activations / GIB, report.overhead / GIB, available / GIB, what)
-    if cfg.method.memory_check and report.total > 1.5 * available:
-        from tuneforge.memory.api import input_from_config, shape_of
-        from tuneforge.memory.fit import render, search
-
-        x = input_from_config(cfg)
-        effective = x.batch * int(cfg.train.get("gradient_accumulation_steps", 1))
-        advice = render(search(shape_of(cfg.model.model_name_or_path, cfg.model.cache_dir), x, available, effective, top=3), available)
-        raise TuneforgeError(f"this run needs about {report.total / GIB:.1f} GiB but {available / GIB:.1f} GiB of {what} is available.\n"
-                             f"{advice}\n(set memory_check: false to start anyway)")
 
 
 def cmd_estimate(args: list[str]) -> int:
@@ -150,12 +121,23 @@ def cmd_estimate(args: list[str]) -> int:
         ints = {}
     if problems:
         raise ConfigError(problems)
-    x = input_from_config(cfg, batch=ints.get("batch"), seq=ints.get("seq"), world_size=ints.get("world_size"), sharding=own["sharding"])
+    cfg = config.resolve(cfg, quiet=True)
+    batch = None
+    if cfg.data.dataset and ints.get("batch") is None and ints.get("seq") is None:
+        from tuneforge.run.memory_check import batch_from_data
+
+        batch = batch_from_data(cfg)  # tokenizer only: the real largest batch of the config's data
+    if batch is not None:
+        x = input_from_config(cfg, batch=batch.rows, seq=batch.seq, attention_seq=batch.longest, world_size=ints.get("world_size"),
+                              sharding=own["sharding"])
+    else:
+        x = input_from_config(cfg, batch=ints.get("batch"), seq=ints.get("seq"), world_size=ints.get("world_size"),
+                              sharding=own["sharding"])
     if x.world_size > 1 and x.sharding == "none":
         x.sharding = "ddp"
     if own["device"]:  # estimate for another device than this one (a GPU from a laptop, say)
         x.device = own["device"]
-        if cfg.model.torch_dtype == "auto":
+        if "torch_dtype" not in cfg.given:  # resolution filled `auto` for this machine; another device gets its own
             x.dtype = "bfloat16" if x.device == "cuda" else "float32"
     from tuneforge.memory.estimate import estimate_shape
 
@@ -177,8 +159,11 @@ def cmd_estimate(args: list[str]) -> int:
         else:
             print(render(fits, budget))
         return 0
+    how = batch.what if batch is not None else (
+        f"{x.batch} row{'s' if x.batch != 1 else ''} x {x.seq} tokens" + ("" if ints.get("batch") or ints.get("seq") else
+                                              " (worst case: every row cutoff_len long; give a dataset to measure its real batch)"))
     if own["json"] is not None:
-        print(json.dumps(report.to_dict()))
+        print(json.dumps({**report.to_dict(), "batch": how}))
         return 0
     total, what = device_memory() if not own["device"] or (own["device"] == "cuda") == (x.device == "cuda") else (None, "")
     if own["device"] == "cuda" and "GPU" not in what:
@@ -186,7 +171,9 @@ def cmd_estimate(args: list[str]) -> int:
     print(f"{shape.name or cfg.model.model_name_or_path}: {x.finetuning_type}"
           f"{f' ({x.quantization_bit}-bit)' if x.quantization_bit else ''}, batch {x.batch} x seq {x.seq}, {x.dtype}"
           f"{', ' + checkpointing.describe(x.checkpoint_every) if x.gradient_checkpointing else ''}{f', {x.sharding} x {x.world_size}' if x.world_size > 1 else ''}"
-          f"; {report.trainable_params:,} of {report.total_params:,} parameters train ({report.convention} accounting)")
+          + (f"; {report.trainable_params:,} of {report.total_params:,} parameters train ({report.convention} accounting)"
+             if report.known else ""))
+    print(f"largest batch: {how}")
     print(describe(report, total))
     if own["convention"] == "article":
         print(f"article convention: {report.detail['differs_from_realistic']}")
@@ -196,19 +183,34 @@ def cmd_estimate(args: list[str]) -> int:
     return 0
 
 
-def _print_keys() -> int:
-    import dataclasses
+def _print_keys(json_out: bool = False) -> int:
+    """Every key from `config.describe()`: section, type, choices, default, help; stages and methods from their registries."""
+    import json
 
-    from tuneforge.config.loader import BASE_SECTIONS, _ensure_methods_registered
-    from tuneforge.config.registry import METHOD_SECTIONS
+    from tuneforge.config import describe
+    from tuneforge.config.describe import method_summaries, stage_summaries
 
-    _ensure_methods_registered()
-    for name, cls in {**BASE_SECTIONS, **METHOD_SECTIONS}.items():
-        print(f"# {name}")
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            print(f"  {f.name} (default {default!r}): {f.metadata.get('help', '')}")
-    print("# train: every transformers.TrainingArguments name (learning_rate, per_device_train_batch_size, max_steps, ...)")
+    keys = describe()
+    if json_out:
+        print(json.dumps([k.to_dict() for k in keys]))
+        return 0
+    print("# stages (stage:)")
+    for name, kind, text in stage_summaries():
+        print(f"  {name} ({kind} data): {text}")
+    print("# methods (finetuning_type:)")
+    for name, text in method_summaries():
+        print(f"  {name}: {text}")
+    section = None
+    for k in keys:
+        if (k.section, k.owner if k.section == "method" else None) != section:
+            section = (k.section, k.owner if k.section == "method" else None)
+            title = f"{k.section}: finetuning_type {k.owner.replace(',', ' / ')}" if k.section == "method" and k.owner else k.section
+            print(f"# {title}" + (" (the stage's arguments class: transformers.TrainingArguments or a TRL config)"
+                                  if k.section == "train" else ""))
+        kind = f"one of {', '.join(map(str, k.choices))}" if k.choices else k.type
+        marks = "".join([" [LLaMA-Factory]" if k.llamafactory and k.section != "train" else "",
+                         f" [stage {k.owner}]" if k.section == "train" and k.owner else ""])
+        print(f"  {k.name} ({kind}{', optional' if k.optional else ''}; default {k.default!r}){marks}: {k.help}")
     return 0
 
 
@@ -238,12 +240,25 @@ def cmd_api(args: list[str]) -> int:
     from tuneforge.serve.run import serve
 
     cfg, extras = _infer_config(args, extra_keys=("host", "port", "api_key", "name", "max_tokens", "max_request_bytes"))
-    try:
-        return serve(cfg, host=extras.get("host", "127.0.0.1"), port=int(extras.get("port", 8000)),
-                     api_key=extras.get("api_key") or os.environ.get("TUNEFORGE_API_KEY"), name=extras.get("name"),
-                     max_tokens=int(extras.get("max_tokens", 2048)), max_request_bytes=int(extras.get("max_request_bytes", 1_000_000)))
-    except ValueError as e:
-        raise TuneforgeError(f"--port, --max-tokens and --max-request-bytes take whole numbers ({e})") from None
+
+    def whole(key: str, default: int, low: int, high: int | None = None) -> int:
+        raw = str(extras.get(key, default)).strip()
+        try:
+            value = int(raw)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            span = f"{low}-{high}" if high is not None else f">= {low}"
+            raise TuneforgeError(f"--{key.replace('_', '-')} takes a whole number {span} (got {raw})")
+        return value
+
+    # checked before the model loads, so an error while loading it is reported as itself, not as a bad flag
+    port = whole("port", 8000, 1, 65535)
+    max_tokens = whole("max_tokens", 2048, 1)
+    max_request_bytes = whole("max_request_bytes", 1_000_000, 1)
+    return serve(cfg, host=extras.get("host", "127.0.0.1"), port=port,
+                 api_key=extras.get("api_key") or os.environ.get("TUNEFORGE_API_KEY"), name=extras.get("name"),
+                 max_tokens=max_tokens, max_request_bytes=max_request_bytes)
 
 
 def cmd_export(args: list[str]) -> int:

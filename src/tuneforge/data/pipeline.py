@@ -1,5 +1,7 @@
 """The data pipeline: registry -> loader -> format converter -> mix/split -> template encoding (cached)."""
 
+import hashlib
+import json
 import logging
 
 from tuneforge.data import cache, registry
@@ -52,25 +54,54 @@ def split(ds, val_size: float, seed: int) -> dict:
     return {"train": parts["train"], "eval": parts["test"]}
 
 
-def tokenize(ds, tokenizer, data_cfg):
-    """Encode `messages` rows to input_ids/labels; drop rows left with no supervised token."""
+LONGEST_KEPT = 256  # token counts of the longest rows kept in the stats (the pre-run memory check reads them)
+
+
+def tokenize(ds, tokenizer, data_cfg, progress=None):
+    """Encode `messages` rows to input_ids/labels; drop rows left with no supervised token.
+
+    Args:
+        progress: called as progress(done, total) while rows are encoded in this process (not with several workers).
+    """
+    from tuneforge.data.cache import tokenizer_fingerprint
+
+    total, done = len(ds), [0]
+    in_process = progress is not None and (data_cfg.preprocessing_num_workers or 1) <= 1
 
     def fn(row):
         ids, labels = encode(tokenizer, row["messages"], data_cfg.cutoff_len, data_cfg.train_on_prompt, data_cfg.mask_history)
+        if in_process:
+            done[0] += 1
+            progress(done[0], total)
         return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
 
-    out = ds.map(fn, remove_columns=ds.column_names, num_proc=data_cfg.preprocessing_num_workers, desc="tokenizing")
+    # the fingerprint names what the result depends on (the progress callback in `fn` cannot be hashed)
+    fingerprint = hashlib.sha256(json.dumps([ds._fingerprint, tokenizer_fingerprint(tokenizer), data_cfg.cutoff_len,
+                                             data_cfg.train_on_prompt, data_cfg.mask_history]).encode()).hexdigest()[:16]
+    out = ds.map(fn, remove_columns=ds.column_names, num_proc=data_cfg.preprocessing_num_workers, desc="tokenizing",
+                 new_fingerprint=fingerprint)
+    if progress is not None and not in_process:
+        progress(total, total)
     before = len(out)
     out = out.filter(lambda r: any(x != IGNORE_INDEX for x in r["labels"]), desc="dropping rows with no supervised token")
     if len(out) == 0:
-        raise DataError(f"no example keeps a supervised token within cutoff_len {data_cfg.cutoff_len}; raise cutoff_len")
+        raise DataError(f"no example keeps a supervised token within cutoff_len {data_cfg.cutoff_len}; raise cutoff_len",
+                        key="cutoff_len")
     if len(out) < before:
         log.warning("%d of %d examples have no supervised token within cutoff_len %d and were dropped",
                     before - len(out), before, data_cfg.cutoff_len)
     return out
 
 
-def build(data_cfg, tokenizer, cache_dir: str | None = None, conversations=None):
+def row_stats(parts: dict) -> dict:
+    """Counts of the tokenized parts: examples, tokens, supervised tokens, and the longest rows' lengths."""
+    lengths = [len(x) for x in parts["train"]["input_ids"]]
+    return {**{f"{n}_examples": len(p) for n, p in parts.items()}, "train_tokens": sum(lengths),
+            "train_supervised_tokens": sum(sum(1 for t in x if t != IGNORE_INDEX) for x in parts["train"]["labels"]),
+            "train_longest": sorted(lengths, reverse=True)[:LONGEST_KEPT]}
+
+
+def build(data_cfg, tokenizer, cache_dir: str | None = None, conversations=None, progress=None):
     """Tokenized {"train", "eval"?} datasets for SFT, from the cache when nothing changed.
 
     Args:
@@ -78,6 +109,7 @@ def build(data_cfg, tokenizer, cache_dir: str | None = None, conversations=None)
         tokenizer: with its chat template already set.
         cache_dir: cache root (default ~/.cache/tuneforge).
         conversations: the result of `load_conversations`, if already computed.
+        progress: called as progress(done, total) while rows are tokenized.
     """
     from datasets import DatasetDict
 
@@ -92,9 +124,8 @@ def build(data_cfg, tokenizer, cache_dir: str | None = None, conversations=None)
             log.info("tokenized data from cache %s", k)
             return dict(hit[0]), hit[1]
     ds, stats = conversations or load_conversations(data_cfg, attrs)
-    parts = {name: tokenize(part, tokenizer, data_cfg) for name, part in split(ds, data_cfg.val_size, data_cfg.seed).items()}
-    stats = {"datasets": stats, **{f"{n}_examples": len(p) for n, p in parts.items()},
-             "train_tokens": sum(len(x) for x in parts["train"]["input_ids"]),
-             "train_supervised_tokens": sum(sum(1 for t in x if t != IGNORE_INDEX) for x in parts["train"]["labels"])}
+    parts = {name: tokenize(part, tokenizer, data_cfg, progress if name == "train" else None)
+             for name, part in split(ds, data_cfg.val_size, data_cfg.seed).items()}
+    stats = {"datasets": stats, **row_stats(parts)}
     cache.save(root, k, DatasetDict(parts), stats)
     return parts, stats

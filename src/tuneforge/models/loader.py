@@ -40,6 +40,25 @@ def load_tokenizer(folder: str, model_cfg):
     return tok
 
 
+def load_tokenizer_only(model_cfg, cache_root: str):
+    """The tokenizer alone: from the model folder, or a GGUF file's converted folder, or (not converted yet) the
+    GGUF file's own metadata, so nothing weight-sized is read."""
+    import os
+
+    from transformers import AutoTokenizer
+
+    source = aliases.resolve(model_cfg.model_name_or_path)
+    if not source.gguf_file:
+        return load_tokenizer(source.path, model_cfg)
+    folder = gguf.cached_folder(source, cache_root)
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        return load_tokenizer(folder, model_cfg)
+    tok = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.gguf_file)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def load_model(folder: str, model_cfg, dtype, attn_implementation: str | None = None):
     """AutoModelForCausalLM from a local folder with the configured dtype and attention kernel
     (`attn_implementation` overrides the configured one, e.g. with `sdpa_packed` for packed rows)."""

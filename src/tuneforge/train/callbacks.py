@@ -50,3 +50,38 @@ class TokenCounter(TrainerCallback):
         if self.first_step_time is None:
             self.first_step_time = time.time() - self.start
             self.first_step_since_process_start = seconds_since_process_start()
+
+
+class EventCallback(TrainerCallback):
+    """Step progress into the run's event log: step, total, epoch, loss, learning rate, real tokens per second and
+    the ETA; one record per logging step (with loss and lr) and at most one every `every_s` seconds in between."""
+
+    def __init__(self, events, every_s: float = 2.0):
+        self.events, self.every_s = events, every_s
+        self.start = self.start_step = self.start_tokens = None
+        self.last_emit = 0.0
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.start, self.start_step, self.start_tokens = time.time(), state.global_step, state.num_input_tokens_seen
+        self.events.phase("training", step=state.global_step, total=state.max_steps)
+
+    def _record(self, state, **extra) -> dict:
+        elapsed = max(time.time() - self.start, 1e-9)
+        done = state.global_step - self.start_step
+        tokens = state.num_input_tokens_seen - self.start_tokens
+        eta = (state.max_steps - state.global_step) * elapsed / done if done else None
+        return {"step": state.global_step, "total": state.max_steps, "epoch": round(state.epoch or 0.0, 4),
+                "tokens_per_second": round(tokens / elapsed, 2), "eta_s": round(eta, 1) if eta is not None else None, **extra}
+
+    def on_step_end(self, args, state, control, **kw):
+        if time.time() - self.last_emit >= self.every_s and not control.should_log:
+            self.last_emit = time.time()
+            self.events.emit("step", **self._record(state))
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        if "loss" not in logs:
+            return
+        self.last_emit = time.time()
+        self.events.emit("step", **self._record(state, loss=logs.get("loss"), learning_rate=logs.get("learning_rate"),
+                                                  grad_norm=logs.get("grad_norm")))
