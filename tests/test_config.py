@@ -70,7 +70,7 @@ def test_enum_training_argument_is_checked_with_suggestion():
     ({"interleave_probs": [0.5, 0.5]}, "interleave_probs needs mix_strategy"),
     ({"dataset": "a,b", "mix_strategy": "interleave_under", "interleave_probs": [0.2]}, "one per dataset"),
     ({"finetuning_type": "lorra"}, "finetuning_type `lorra` is not available; did you mean `lora`?"),
-    ({"stage": "stf"}, "`stage` must be one of"),
+    ({"stage": "stf"}, "stage `stf` is not available; did you mean `sft`?"),
     ({"output_dir": ""}, "output_dir is missing"),
     ({"freeze_trainable_layers": 0, "finetuning_type": "freeze"}, "freeze_trainable_layers must not be 0"),
     ({"adapter_name_or_path": "x", "finetuning_type": "full"}, "adapter_name_or_path needs an adapter method"),
@@ -105,9 +105,22 @@ def test_yaml_and_overrides_merge_with_overrides_winning(tmp_path):
 
 
 def test_to_flat_round_trips_through_yaml():
-    cfg = load(lora_rank=4, learning_rate=2e-4, cutoff_len=128)
-    again = config.from_flat(yaml.safe_load(yaml.safe_dump(cfg.to_flat())))
-    assert again.to_flat() == cfg.to_flat()
+    # One non-default key of every section, written the way to_flat gives them back (a list stays a list).
+    written = {
+        "model_name_or_path": "my-model", "torch_dtype": "float32", "quantization_type": "fp4",  # model
+        "dataset": ["identity"], "cutoff_len": 128, "template": "chatml", "max_samples": 7,  # data
+        "finetuning_type": "lora", "memory_check": False,  # method
+        "lora_rank": 4, "lora_target": ["q_proj", "v_proj"],  # the lora section
+        "learning_rate": 2e-4, "num_train_epochs": 2.0, "logging_steps": 3,  # train
+        "output_dir": "out", "plot_loss": False,  # output
+        "temperature": 0.3, "top_k": 7, "max_new_tokens": 64,  # generation
+        "export_dir": "x", "export_dtype": "float16", "export_size": 2.0,  # export
+    }
+    cfg = config.from_flat(yaml.safe_load(yaml.safe_dump(written)))
+    flat = cfg.to_flat()
+    assert {k: flat.get(k, "<missing>") for k in written} == written
+    again = config.from_flat(yaml.safe_load(yaml.safe_dump(flat)))
+    assert again.to_flat() == flat
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -149,10 +162,15 @@ def test_every_method_section_field_has_help():
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
 
 
-def test_packing_defaults_on_where_exact():
-    assert config.load(None, {"output_dir": "o"}).data.packing is True
-    assert config.load(None, {"output_dir": "o", "finetuning_type": "full"}).data.packing is True
-    assert config.load(None, {"output_dir": "o", "packing": False}).data.packing is False
+def test_packing_is_resolved_on_where_exact():
+    def packing(**kw):
+        cfg = config.load(None, {"output_dir": "o", **kw})
+        assert cfg.data.packing in (None, kw.get("packing"))  # validation never fills it
+        return config.resolve(cfg, quiet=True).data.packing
+
+    assert packing() is True
+    assert packing(finetuning_type="full") is True
+    assert packing(packing=False) is False
     # prompt learning puts virtual tokens in front of the row, which packing cannot keep apart
-    assert config.load(None, {"output_dir": "o", "finetuning_type": "prefix"}).data.packing is False
-    assert config.load(None, {"output_dir": "o", "finetuning_type": "prompt"}).data.packing is False
+    assert packing(finetuning_type="prefix") is False
+    assert packing(finetuning_type="prompt") is False

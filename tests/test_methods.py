@@ -16,15 +16,23 @@ def build(tiny_model_dir, **kw):
     return methods.get(cfg.method.finetuning_type).apply(model, cfg), cfg
 
 
-def one_step(model):
-    """One AdamW step on a fixed batch; returns {name: (before, after)} for every parameter."""
+def train_steps(model, steps=1, weight_decay=0.01):
+    """`steps` AdamW steps on a fixed batch; returns {name: (before, after)} for every parameter. With weight_decay=0
+    a parameter moves only where its gradient is non-zero (decay alone would move every trainable tensor)."""
     torch.manual_seed(0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     ids = torch.randint(5, 300, (2, 12))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model(input_ids=ids, labels=ids).loss.backward()
-    opt.step()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=weight_decay)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
     return {n: (before[n], p.detach()) for n, p in model.named_parameters()}
+
+
+def one_step(model):
+    """One AdamW step on a fixed batch; returns {name: (before, after)} for every parameter."""
+    return train_steps(model, 1)
 
 
 def changed(states):
@@ -88,12 +96,18 @@ def test_lora_named_targets_only(tiny_model_dir):
 
 def test_lora_trains_adapters_and_leaves_the_base_bit_identical(tiny_model_dir):
     model, _ = build(tiny_model_dir, finetuning_type="lora", lora_rank=4)
-    states = one_step(model)
+    # B starts at zero, so A's first gradient is zero: A can only move on the second step, once B has. Without weight
+    # decay a tensor moves only through its gradient, so an adapter whose A (or B) gets no gradient shows here.
+    states = train_steps(model, steps=2, weight_decay=0.0)
+    lora_a = {n for n in states if ".lora_A." in n}
+    lora_b = {n for n in states if ".lora_B." in n}
+    assert len(lora_a) == len(lora_b) == len(_linear_shapes(tiny_model_dir))  # lora_target=all: one A and one B per linear
     trained = changed(states)
-    assert trained and all("lora_" in n for n in trained)
-    assert all(torch.equal(a, b) for n, (a, b) in states.items() if "lora_" not in n)
-    # both A and B of every adapter moved (B starts at zero, A moves from the second step on in plain SGD; AdamW moves both)
-    assert {n for n in trained if "lora_B" in n}
+    assert lora_a <= trained, f"lora_A that did not move: {sorted(lora_a - trained)}"
+    assert lora_b <= trained, f"lora_B that did not move: {sorted(lora_b - trained)}"
+    base = set(states) - lora_a - lora_b
+    assert base and not trained & base, f"base weights that moved: {sorted(trained & base)}"
+    assert all(torch.equal(*states[n]) for n in base)
 
 
 def test_lora_unknown_target_names_the_available_layers(tiny_model_dir):
@@ -106,16 +120,58 @@ def test_lora_alpha_defaults_to_twice_the_rank(tiny_model_dir):
     assert model.peft_config["default"].lora_alpha == 8
 
 
+# For every field of every method section: (the text a user writes in YAML, the value the section must then hold).
+# Each value differs from the field's default, so a field that is dropped or reset on the way in or out shows.
+WRITTEN = {
+    "freeze_trainable_layers": ("-1", -1),
+    "freeze_trainable_modules": ("mlp, self_attn", ["mlp", "self_attn"]),
+    "freeze_extra_modules": ("[embed_tokens, norm]", ["embed_tokens", "norm"]),
+    "galore_target": ("q_proj,v_proj", ["q_proj", "v_proj"]),
+    "galore_rank": ("4", 4),
+    "galore_update_interval": ("7", 7),
+    "galore_scale": ("0.25", 0.25),
+    "galore_layerwise": ("true", True),
+    "lisa_layers": ("1", 1),
+    "lisa_interval": ("3", 3),
+    "lisa_train_embeddings": ("false", False),
+    "lora_rank": ("3", 3),
+    "lora_alpha": ("5", 5),
+    "lora_dropout": ("0.1", 0.1),
+    "lora_target": ("q_proj,v_proj", ["q_proj", "v_proj"]),
+    "additional_target": ("[embed_tokens]", ["embed_tokens"]),
+    "use_dora": ("true", True),
+    "use_rslora": ("true", True),
+    "pissa_init": ("true", True),
+    "pissa_iter": ("-1", -1),
+    "loraplus_lr_ratio": ("1.0e-1", 0.1),
+    "num_virtual_tokens": ("7", 7),
+    "prefix_projection": ("true", True),
+}
+
+
 @pytest.mark.parametrize("name", sorted(methods.METHODS))
-def test_every_method_trains_something_and_its_section_round_trips(tiny_model_dir, name):
+def test_every_method_trains_something_and_its_section_round_trips(tiny_model_dir, tmp_path, name):
     import dataclasses
 
-    import yaml
+    from tuneforge.config.registry import METHOD_SECTIONS
 
     model, cfg = build(tiny_model_dir, finetuning_type=name)
     assert changed(one_step(model))
+
+    cls = METHOD_SECTIONS[name]  # the section the method registered
+    fields = [f.name for f in dataclasses.fields(cls)]
+    assert set(fields) <= set(WRITTEN), f"add {sorted(set(fields) - set(WRITTEN))} of `{name}` to WRITTEN"
+    defaults = dataclasses.asdict(cls())
+    assert all(defaults[k] != WRITTEN[k][1] for k in fields)  # otherwise a dropped value would go unnoticed
+    path = tmp_path / "run.yaml"
+    path.write_text(f"finetuning_type: {name}\n" + "".join(f"{k}: {WRITTEN[k][0]}\n" for k in fields))
+    cfg = config.load(str(path), purpose="infer")
     section = cfg.method_section()
-    assert dataclasses.asdict(type(section)(**yaml.safe_load(yaml.safe_dump(dataclasses.asdict(section))))) == dataclasses.asdict(section)
+    assert type(section) is cls and cfg.method_section(name) is section
+    assert {k: getattr(section, k) for k in fields} == {k: WRITTEN[k][1] for k in fields}
+    flat = cfg.to_flat()
+    assert flat["finetuning_type"] == name
+    assert {k: flat.get(k, "<missing>") for k in fields} == {k: WRITTEN[k][1] for k in fields}
 
 
 def test_registry_refuses_bad_names_and_duplicates():
