@@ -49,7 +49,7 @@ packing mix_strategy interleave_probs overwrite_cache preprocessing_num_workers 
 overwrite_output_dir resume_from_checkpoint lora_rank lora_alpha lora_dropout lora_target additional_target use_dora
 use_rslora pissa_init pissa_iter loraplus_lr_ratio freeze_trainable_layers freeze_trainable_modules freeze_extra_modules
 galore_target galore_rank galore_update_interval galore_scale galore_layerwise temperature top_p top_k max_new_tokens
-repetition_penalty default_system export_dir export_size
+repetition_penalty default_system export_dir export_size seed
 """.split())
 
 

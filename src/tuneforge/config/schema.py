@@ -87,8 +87,8 @@ class DataSection:
 class MethodSection:
     """Which stage runs and which fine-tuning method decides the trainable parameters."""
 
-    stage: str = field("sft", help="Training stage (the registered stages are listed by `tuneforge train --help-keys`).")
-    finetuning_type: str = field("lora", help="Fine-tuning method (the registered methods are listed by `tuneforge train --help-keys`).")
+    stage: str = field("sft", help="Training stage: what data it reads and what it optimises (choices: the registered stages).")
+    finetuning_type: str = field("lora", help="Fine-tuning method: which parameters train (choices: the registered methods).")
     memory_check: bool = field(True, help="Refuse to start when the memory estimate is far above the memory available.")
     supervised_logits_only: bool = field(
         True, help="Project onto the vocabulary only where labels are supervised, in chunks (same loss, less time and memory).")
