@@ -193,14 +193,14 @@ def from_flat(flat: dict[str, Any], purpose: str = "train") -> RunConfig:
         logger.info(note)
     owners = _key_owners()
     stage = flat.get("stage", MethodSection.stage)
-    tfields = training_fields(stage_args_class(str(stage)))
+    stage_cls = stage_args_class(str(stage))
+    tfields = training_fields(stage_cls)
     sections_cls = _all_sections()
     grouped: dict[str, dict[str, Any]] = {name: {} for name in sections_cls}
     train_args: dict[str, Any] = {}
     problems: list = []
     ignored: list[str] = []
     given: set[str] = set()
-    stage_cls = stage_args_class(str(stage))
     for key, value in flat.items():
         if key in compat.RENAMED and key not in owners and key not in tfields:
             new, convert = compat.RENAMED[key]
