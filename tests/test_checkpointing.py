@@ -89,7 +89,7 @@ def test_estimate_keeps_the_unchecked_layers_and_one_recomputed():
 
 def test_estimate_for_freeze_counts_only_the_trained_layers():
     # 30 layers, the top 3 (27, 28, 29) train; every 2nd: 28 is checkpointed, 27 and 29 keep their activations
-    x = dict(finetuning_type="freeze", freeze_trainable_layers=3)
+    x = dict(finetuning_type="freeze", options={"freeze_trainable_layers": 3})
     none, half = _acts(**x), _acts(**x, gradient_checkpointing=True, checkpoint_every=2)
     per_layer = layer_activation_bytes_per_token(SMOL, EstimateInput(**x, batch=4, seq=256)) * 1024
     assert none - half == pytest.approx(per_layer - SMOL.hidden * 4 * 1024 - per_layer)  # one checkpointed, one recompute

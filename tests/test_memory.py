@@ -56,12 +56,12 @@ def test_hand_checked_parameter_counts():
     assert HAND.layer_params == 592
     assert HAND.total_params == 10 * 8 * 2 + 2 * 592 + 8  # embeddings, untied head, layers, final norm
     # LoRA r=2 on all linears: r*(in+out) = 2*(16+12+12+16+24+24+24) = 256 per layer
-    assert trainable_params(HAND, EstimateInput(finetuning_type="lora", lora_rank=2)) == 512
-    assert trainable_params(HAND, EstimateInput(finetuning_type="lora", lora_rank=2, use_dora=True)) == 512 + 2 * (8 + 4 + 4 + 8 + 16 + 16 + 8)
-    assert trainable_params(HAND, EstimateInput(finetuning_type="freeze", freeze_trainable_layers=1)) == 592
-    assert trainable_params(HAND, EstimateInput(finetuning_type="lisa", lisa_layers=1)) == 80 + 80 + 8 + 592
-    assert trainable_params(HAND, EstimateInput(finetuning_type="prefix", num_virtual_tokens=3)) == 3 * 2 * 2 * 4
-    assert trainable_params(HAND, EstimateInput(finetuning_type="prompt", num_virtual_tokens=3)) == 3 * 8
+    assert trainable_params(HAND, EstimateInput(finetuning_type="lora", options={"lora_rank": 2})) == 512
+    assert trainable_params(HAND, EstimateInput(finetuning_type="lora", options={"lora_rank": 2, "use_dora": True})) == 512 + 2 * (8 + 4 + 4 + 8 + 16 + 16 + 8)
+    assert trainable_params(HAND, EstimateInput(finetuning_type="freeze", options={"freeze_trainable_layers": 1})) == 592
+    assert trainable_params(HAND, EstimateInput(finetuning_type="lisa", options={"lisa_layers": 1})) == 80 + 80 + 8 + 592
+    assert trainable_params(HAND, EstimateInput(finetuning_type="prefix", options={"num_virtual_tokens": 3})) == 3 * 2 * 2 * 4
+    assert trainable_params(HAND, EstimateInput(finetuning_type="prompt", options={"num_virtual_tokens": 3})) == 3 * 8
 
 
 def test_hand_checked_bytes_full_fp32_adamw():

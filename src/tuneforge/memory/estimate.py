@@ -11,7 +11,6 @@ Two conventions:
   activations s*b*h*(34 + 5*a*s/h) per layer at 2 bytes per unit; checkpointing keeps sqrt(L) layers).
 """
 
-import functools
 import math
 from dataclasses import dataclass, field, fields
 
@@ -33,8 +32,8 @@ class EstimateInput:
     """Everything the estimate depends on; built from a RunConfig (`memory.api.input_from_config`) or flags.
 
     `options` are the chosen method's config section values (`dataclasses.asdict(cfg.method_section())`); the
-    method's memory hook reads them over its section's defaults. Keywords that are not fields are taken as options
-    and checked against the method's section: `EstimateInput(finetuning_type=name, some_option=2)`."""
+    method's memory hook reads them over its section's defaults; they are checked against that section:
+    `EstimateInput(finetuning_type=name, options={option: value})`."""
 
     finetuning_type: str = MethodSection.finetuning_type  # the config's default method
     batch: int = 4
@@ -55,21 +54,8 @@ class EstimateInput:
     options: dict = field(default_factory=dict)  # the method's section values
     attention_seq: int | None = None  # longest example in a row (packed rows attend per example); None: seq
 
-
-_FIELDS = {f.name for f in fields(EstimateInput)}
-_dataclass_init = EstimateInput.__init__
-
-
-@functools.wraps(_dataclass_init)
-def _init(self, *args, **kwargs):
-    extra = {k: kwargs.pop(k) for k in [k for k in kwargs if k not in _FIELDS]}
-    _dataclass_init(self, *args, **kwargs)
-    if extra:
-        _check_options(self.finetuning_type, extra)
-        self.options = {**self.options, **extra}
-
-
-EstimateInput.__init__ = _init
+    def __post_init__(self):
+        _check_options(self.finetuning_type, self.options)
 
 
 def _check_options(name: str, extra: dict) -> None:
@@ -81,8 +67,8 @@ def _check_options(name: str, extra: dict) -> None:
     allowed = {f.name for f in fields(method.section)} if method.section is not None else set()
     wrong = sorted(set(extra) - allowed)
     if wrong:
-        raise TypeError(f"EstimateInput got unexpected keyword(s) {', '.join(wrong)}: neither fields nor options of "
-                        f"finetuning_type {name} ({', '.join(sorted(allowed)) or 'it has none'})")
+        raise ValueError(f"EstimateInput options {', '.join(wrong)} are not options of finetuning_type {name} "
+                         f"({', '.join(sorted(allowed)) or 'it has none'})")
 
 
 @dataclass
