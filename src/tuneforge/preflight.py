@@ -42,8 +42,24 @@ def check(cfg) -> None:
     if cfg.model.adapter_name_or_path:
         steps.append(("adapter_name_or_path", lambda: _check_adapter(cfg.model.adapter_name_or_path)))
     problems += _collect(steps)
+    if not any(key == "model_name_or_path" for key, _ in problems):
+        problems += _check_against_model(cfg)
     if problems:
         raise ConfigError(problems)
+
+
+def _check_against_model(cfg) -> list:
+    """The method section's `validate_model(shape)` (e.g. no more layers than the model has), from config.json alone."""
+    check = getattr(cfg.method_section(), "validate_model", None)
+    if check is None:
+        return []
+    from tuneforge.memory.api import shape_of
+
+    try:
+        shape = shape_of(cfg.model.model_name_or_path, cfg.model.cache_dir)
+    except TuneforgeError:
+        return []  # no config.json to read yet (a GGUF not converted): the method checks itself when it applies
+    return check(shape)
 
 
 def _check_adapter(path: str) -> None:

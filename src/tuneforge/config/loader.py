@@ -132,17 +132,33 @@ def known_keys() -> set[str]:
     return keys
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key written twice in one mapping (safe_load keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError([(str(key), f"`{key}` is set twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                                              f"keep one")])
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str) -> dict[str, Any]:
     """Read a YAML config file into a flat dict; errors name the file."""
     if not os.path.isfile(path):
         raise ConfigError([(None, f"config file `{path}` does not exist; check the path")])
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
+            data = yaml.load(fh, Loader=_UniqueKeyLoader) or {}
     except UnicodeDecodeError as e:
         raise ConfigError([(None, f"`{path}` is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8")]) from None
     except yaml.YAMLError as e:
         raise ConfigError([(None, f"`{path}` is not valid YAML: {e}")]) from None
+    except ConfigError as e:
+        raise ConfigError([(p.key, f"`{path}`: {p.message}") for p in e.problems]) from None
     if not isinstance(data, dict):
         raise ConfigError([(None, f"`{path}` must be a mapping of `key: value` lines (got {type(data).__name__})")])
     return data

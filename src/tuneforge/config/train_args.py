@@ -25,10 +25,11 @@ class TrainSection:
 
     args: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def validate(self) -> list[str]:
+    def validate(self) -> list:
+        from tuneforge.config import train_checks
         from tuneforge.train import checkpointing
 
-        return checkpointing.validate(self.args)
+        return checkpointing.validate(self.args) + train_checks.check(self.args)
 
     def get(self, name: str, default: Any = None) -> Any:
         if name in self.args:

@@ -21,6 +21,12 @@ class FreezeSection:
             return ["freeze_trainable_layers must not be 0; use a positive N for the last N layers or a negative N for the first N"]
         return []
 
+    def validate_model(self, shape) -> list[str]:
+        if abs(self.freeze_trainable_layers) > shape.layers:
+            return [f"freeze_trainable_layers {self.freeze_trainable_layers} is more layers than the model's {shape.layers}; "
+                    f"use 1 to {shape.layers} (or -1 to -{shape.layers} for the first ones), or finetuning_type: full"]
+        return []
+
 
 def _matches(path: list[str], pattern: str) -> bool:
     want = pattern.split(".")

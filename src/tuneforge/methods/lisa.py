@@ -35,6 +35,11 @@ class LisaSection:
             problems.append(f"lisa_interval must be > 0 (got {self.lisa_interval})")
         return problems
 
+    def validate_model(self, shape) -> list[str]:
+        if self.lisa_layers > shape.layers:
+            return [f"lisa_layers {self.lisa_layers} is more than the model's {shape.layers} decoder layers; use 1 to {shape.layers}"]
+        return []
+
 
 def active_layers(num_layers: int, k: int, seed: int, switch: int) -> list[int]:
     """The layers active during switch period `switch` (steps [switch*interval, (switch+1)*interval))."""
