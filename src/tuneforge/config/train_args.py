@@ -16,6 +16,9 @@ DEFAULTS: dict[str, Any] = {
     "logging_steps": 10,
     "remove_unused_columns": False,  # our datasets hold exactly the model inputs
     "dataloader_pin_memory": False,
+    # the library's filter logs a NaN/inf step as the mean of the finite ones (0 when none is): a diverged run would
+    # report `train_loss: 0.0`; ours shows it as NaN
+    "logging_nan_inf_filter": False,
 }
 
 
