@@ -143,7 +143,7 @@ def test_unknown_registry_key_and_format_are_named(tmp_path):
 
 def test_unreadable_file_is_named(tmp_path):
     (tmp_path / "x.json").write_text("{not json")
-    with pytest.raises(DataError, match="cannot read"):
+    with pytest.raises(DataError, match="x.json` line 1 column 2: Expecting property name"):
         load_conversations(data_cfg(dataset=str(tmp_path / "x.json")))
 
 
@@ -174,3 +174,46 @@ def test_val_size_split_is_seeded_and_disjoint(data_dir):
     assert split(ds, 3, 42)["eval"].num_rows == 3
     with pytest.raises(DataError, match="leaves no training rows"):
         split(ds, 16, 42)
+
+
+def test_one_wrongly_typed_row_never_rewrites_the_others_text(tmp_path, tiny_tokenizer):
+    """A list in one row's `output` made the datasets JSON loader decode every other row's text ("true" -> True,
+    "1e5" -> 100000.0); rows are read as written, and the wrongly typed rows are reported, not coerced."""
+    from tuneforge.data import encode
+
+    rows = [{"instruction": "Is it?", "input": "", "output": text} for text in ("true", "null", "1e5", "[1,2]", "6")]
+    rows += [{"instruction": "List", "input": "", "output": ["a"]}, {"instruction": 5, "input": "", "output": "five"},
+             {"instruction": "Number", "input": "", "output": 6}]
+    write_json(str(tmp_path / "mixed.json"), rows)
+    ds, stats = load_conversations(data_cfg(dataset=str(tmp_path / "mixed.json")))
+    answers = [m[-1]["content"] for m in messages(ds)]
+    assert answers == ["true", "null", "1e5", "[1,2]", "6"]
+    (only,) = stats.values()
+    assert only["skipped"] == 3 and only["first_skipped"] == 'row 5: `output` must be text, not list (["a"])'
+    for row in messages(ds):  # the ids are exactly the chat template of the raw strings
+        ids, _ = encode(tiny_tokenizer, row, 256, False, False)
+        assert ids == tiny_tokenizer.apply_chat_template(row, tokenize=True, return_dict=False)
+
+
+def test_jsonl_and_csv_keep_text_as_written(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"instruction": "q", "output": "007"}\n{"instruction": "q", "output": "1e5"}\n')
+    (tmp_path / "b.csv").write_text('instruction,output\nq,007\nq,true\n')
+    for name, want in (("a.jsonl", ["007", "1e5"]), ("b.csv", ["007", "true"])):
+        ds, _ = load_conversations(data_cfg(dataset=str(tmp_path / name)))
+        assert [m[-1]["content"] for m in messages(ds)] == want
+
+
+@pytest.mark.parametrize("name, body, words", [
+    ("broken.json", '[{"instruction": "q", "output": "a"},\n {"instruction": "q" "output": "b"}]', "line 2 column 22"),
+    ("broken.jsonl", '{"instruction": "q", "output": "a"}\n{"instruction": "q", "output": }\n', "line 2 column 32"),
+    ("latin1.json", None, "is not UTF-8 text (byte"),
+    ("object.json", '{\n "instruction": "q", "output": "a"\n}', "holds one JSON object"),
+])
+def test_broken_files_are_named_with_line_and_column(tmp_path, name, body, words):
+    path = tmp_path / name
+    if body is None:
+        path.write_bytes('[{"instruction": "caf\xe9", "output": "a"}]'.encode("latin-1"))
+    else:
+        path.write_text(body)
+    with pytest.raises(DataError, match=words.replace("(", r"\(")):
+        load_conversations(data_cfg(dataset=str(path)))

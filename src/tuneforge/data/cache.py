@@ -6,7 +6,7 @@ import os
 
 from tuneforge.data.loaders import data_files
 
-CACHE_VERSION = 2  # 2: stats carry train_longest
+CACHE_VERSION = 3  # 2: stats carry train_longest; 3: json/csv read as written (no type coercion)
 
 
 def cache_root(cache_dir: str | None) -> str:

@@ -1,6 +1,8 @@
 """Format converters: alpaca, sharegpt (from/value or role/content, custom tags) and OpenAI `messages`
 rows become one shape: a list of {role, content} messages (system first, if any)."""
 
+import json
+
 from tuneforge.data.errors import DataError
 from tuneforge.data.registry import OPENAI_TAGS, SHAREGPT_TAGS, DatasetAttr
 
@@ -32,26 +34,32 @@ def check_columns(attr: DatasetAttr, columns: list[str]) -> None:
                             f"Fix `columns` for it in dataset_info.json")
 
 
-def _text(value) -> str:
-    return value.strip() if isinstance(value, str) else ("" if value is None else str(value).strip())
+def _text(value, field: str = "") -> str:
+    """A text field as written (stripped); a missing field is empty. A number, list or object where text is expected
+    makes the row bad (reported), never a coerced string."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"`{field}` must be text, not {type(value).__name__} ({json.dumps(value, default=str)[:40]})")
+    return value.strip()
 
 
 def alpaca_to_messages(row: dict, attr: DatasetAttr) -> list[dict]:
     """instruction (+ input) -> user, output -> assistant; history pairs come first; system column on top."""
     prompt, query, response = (attr.column(k) for k in ("prompt", "query", "response"))
-    user = "\n".join(t for t in (_text(row.get(prompt)), _text(row.get(query)) if query else "") if t)
+    user = "\n".join(t for t in (_text(row.get(prompt), prompt), _text(row.get(query), query) if query else "") if t)
     if not user:
         raise ValueError(f"`{prompt}`" + (f" and `{query}` are" if query and query in row else " is") + " empty")
-    answer = _text(row.get(response))
+    answer = _text(row.get(response), response)
     if not answer:
         raise ValueError(f"`{response}` is empty")
     messages = []
-    system = _text(row.get(attr.column("system"))) if attr.column("system") else ""
+    system = _text(row.get(attr.column("system")), attr.column("system")) if attr.column("system") else ""
     if system:
         messages.append({"role": "system", "content": system})
     history = row.get(attr.column("history")) if attr.column("history") else None
     for i, turn in enumerate(history or []):
-        if not isinstance(turn, (list, tuple)) or len(turn) != 2 or not _text(turn[0]) or not _text(turn[1]):
+        if (not isinstance(turn, (list, tuple)) or len(turn) != 2 or not all(isinstance(t, str) and t.strip() for t in turn)):
             raise ValueError(f"`{attr.column('history')}` entry {i} must be a [question, answer] pair of non-empty strings")
         messages += [{"role": "user", "content": _text(turn[0])}, {"role": "assistant", "content": _text(turn[1])}]
     return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
@@ -77,12 +85,12 @@ def sharegpt_to_messages(row: dict, attr: DatasetAttr) -> list[dict]:
     roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["observation_tag"]: "tool",
              tags["function_tag"]: "assistant", tags["system_tag"]: "system"}
     messages = []
-    system = _text(row.get(attr.column("system"))) if attr.column("system") else ""
+    system = _text(row.get(attr.column("system")), attr.column("system")) if attr.column("system") else ""
     for i, m in enumerate(convo):
         tag = m.get(tags["role_tag"])
         if tag not in roles:
             raise ValueError(f"message {i} has `{tags['role_tag']}` = {tag!r}; expected one of {sorted(k for k in roles if k)}")
-        content = _text(m.get(tags["content_tag"]))
+        content = _text(m.get(tags["content_tag"]), f"message {i} {tags['content_tag']}")
         if not content:
             raise ValueError(f"message {i} has an empty `{tags['content_tag']}`")
         role = roles[tag]
@@ -127,7 +135,8 @@ def to_messages(ds, attr: DatasetAttr, strict: bool, log):
     if not rows:
         raise DataError(f"dataset `{attr.name}`: none of its {len(ds)} rows is usable; first problem: {first_bad}")
     if bad:
-        log.warning("dataset `%s`: skipped %d of %d rows with missing or empty fields; first: %s", attr.name, bad, len(ds), first_bad)
+        log.warning("dataset `%s`: skipped %d of %d rows with missing, empty or wrongly typed fields; first: %s", attr.name, bad,
+                    len(ds), first_bad)
     from datasets import Dataset
 
     return Dataset.from_dict({"messages": rows}), {"rows": len(ds), "skipped": bad, "first_skipped": first_bad}
