@@ -275,6 +275,39 @@ def cmd_export(args: list[str]) -> int:
     return 0
 
 
+def cmd_data(args: list[str]) -> int:
+    """tuneforge data check [CONFIG] [key=value ...] [--json]: the dataset doctor (tokenizer only, no model weights)."""
+    usage = ("usage: tuneforge data check [CONFIG.yaml] [key=value ...] [--json]\n"
+             "  Checks the config's datasets with the tokenizer alone (no model weights): registry entries and files, rows,\n"
+             "  bad rows grouped by reason, sharegpt role tags, token lengths against cutoff_len, and the first examples\n"
+             "  rendered through the chat template with supervised tokens marked [[...]]. Exit code 2 when a dataset is unusable.")
+    if not args or args[0] in ("-h", "--help"):
+        print(usage)
+        return 0 if args else 2
+    if args[0] != "check":
+        from tuneforge import TuneforgeError
+
+        raise TuneforgeError(f"unknown `tuneforge data` subcommand `{args[0]}`; use `tuneforge data check` (--help for usage)")
+    if args[1:2] and args[1] in ("-h", "--help"):
+        print(usage)
+        return 0
+    import json
+
+    from tuneforge import config
+    from tuneforge.data import doctor
+
+    path, overrides = _split_args(args[1:])
+    json_out = any(item.partition("=")[0] == "json" for item in overrides)
+    cfg = config.load(path, [item for item in overrides if item.partition("=")[0] != "json"], purpose="infer")
+    cfg = config.resolve(cfg, quiet=True)
+    report = doctor.run(cfg)
+    print(json.dumps(report) if json_out else doctor.render(report))
+    error = doctor.failure(report)
+    if error is not None:
+        raise error
+    return 0
+
+
 def cmd_version(args: list[str]) -> int:
     import tuneforge
 
@@ -283,7 +316,7 @@ def cmd_version(args: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "estimate": cmd_estimate, "chat": cmd_chat, "api": cmd_api, "export": cmd_export,
-            "version": cmd_version}
+            "version": cmd_version, "data": cmd_data}
 
 
 def _preload_allocator(args: list[str]) -> None:
