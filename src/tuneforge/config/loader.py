@@ -87,7 +87,6 @@ def _ensure_registered() -> None:
     importlib.import_module("tuneforge.stages")
 
 
-_ensure_methods_registered = _ensure_registered  # the name older callers use
 
 
 def _all_sections() -> dict[str, type]:
