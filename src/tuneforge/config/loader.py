@@ -128,6 +128,7 @@ def known_keys() -> set[str]:
     keys = set(_key_owners())
     for name in STAGES or ["sft"]:
         keys |= set(training_fields(stage_args_class(name)))
+        keys |= set(STAGES[name].llamafactory_names) if name in STAGES else set()
     return keys
 
 
@@ -216,8 +217,19 @@ def from_flat(flat: dict[str, Any], purpose: str = "train") -> RunConfig:
     problems: list = []
     ignored: list[str] = []
     given: set[str] = set()
+    stage_names = _stage_llamafactory_names(str(stage))
     for key, value in flat.items():
-        if key in compat.RENAMED and key not in owners and key not in tfields:
+        if key in stage_names and key not in owners and key not in tfields:
+            new, convert = stage_names[key]
+            if new in flat:
+                problems.append((key, f"`{key}` (LLaMA-Factory's name) and `{new}` set the same value; keep one"))
+                continue
+            try:
+                key, value = new, (convert(value) if convert else value)
+            except (TypeError, ValueError) as e:
+                problems.append((key, f"`{key}` {e}"))
+                continue
+        elif key in compat.RENAMED and key not in owners and key not in tfields:
             new, convert = compat.RENAMED[key]
             key, value = new, (convert(value) if convert else value)
         given.add(key)
@@ -266,12 +278,20 @@ def from_flat(flat: dict[str, Any], purpose: str = "train") -> RunConfig:
     return cfg
 
 
+def _stage_llamafactory_names(stage: str) -> dict:
+    """LLaMA-Factory key -> (train key, convert) of `stage` (empty for an unknown stage)."""
+    from tuneforge.stages.registry import STAGES
+
+    record = STAGES.get(stage)
+    return dict(record.llamafactory_names) if record is not None else {}
+
+
 def _stage_owning(key: str) -> str | None:
-    """The first registered stage whose arguments class has `key` (for a helpful error), or None."""
+    """The first registered stage whose arguments class or LLaMA-Factory names have `key` (for a helpful error)."""
     from tuneforge.stages.registry import STAGES
 
     for name in sorted(STAGES):
-        if key in training_fields(stage_args_class(name)):
+        if key in training_fields(stage_args_class(name)) or key in STAGES[name].llamafactory_names:
             return name
     return None
 

@@ -137,6 +137,10 @@ def build_training_arguments(cfg, check_only: bool = False, overrides: dict | No
         kwargs.setdefault("use_cpu", True)
     prefix = checkpointing.installed_prefix()
     kwargs = checkpointing.normalize(kwargs, prefix)  # a resolved config already has the installed spelling
+    # TRL's configs turn on bf16 and checkpointing by default; precision and checkpointing follow our config instead
+    # (TrainingArguments' defaults unless the user or config.resolve set them)
+    kwargs.setdefault("bf16", False)
+    kwargs.setdefault(f"{prefix}_checkpointing", False)
     if kwargs.get(f"{prefix}_checkpointing"):
         # non-reentrant checkpointing lets gradients reach adapters on a frozen (or quantized) base
         kwargs[f"{prefix}_checkpointing_kwargs"] = {"use_reentrant": False, **checkpointing.kwargs_of(kwargs)}

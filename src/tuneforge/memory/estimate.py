@@ -53,6 +53,10 @@ class EstimateInput:
     supervised_logits_only: bool = True  # the trainer's fused, chunked head + loss where the architecture allows
     options: dict = field(default_factory=dict)  # the method's section values
     attention_seq: int | None = None  # longest example in a row (packed rows attend per example); None: seq
+    # what the stage adds (its `memory(x, cfg)` hook sets these): frozen copies of the whole base at the weight dtype
+    # (a reference model, a separate reward model), and named extra bytes (a value head, generation caches)
+    reference_copies: float = 0.0
+    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         _check_options(self.finetuning_type, self.options)
@@ -301,6 +305,10 @@ def estimate_shape(shape: ModelShape, x: EstimateInput, convention: str = "reali
     weights, grads, opt = _shard(x, weights, grads, opt)
     if x.sharding in ("zero3", "fsdp") and x.world_size > 1:
         weights += 2 * shape.layer_params * BYTES[x.dtype]  # layers gathered for compute
+    if x.reference_copies:
+        ref = x.reference_copies * shape.total_params * BYTES[x.dtype]
+        weights += ref
+        detail["weights"] += f" + {x.reference_copies:g} frozen reference cop{'y' if x.reference_copies == 1 else 'ies'} of the base"
     acts = activation_bytes(shape, x, detail, fp)
     if x.quantization_bit and x.device == "cpu":  # measured: bitsandbytes' CPU path keeps dequantized weights
         acts += shape.layers * shape.layer_linear_params * 4
@@ -312,6 +320,9 @@ def estimate_shape(shape: ModelShape, x: EstimateInput, convention: str = "reali
     overhead = context + SLACK * acts + 0.02 * (weights + grads + opt)
     detail["overhead"] = ("CUDA context 0.5 GiB" if x.device == "cuda" else f"tokenizer, data and Trainer {CPU_FRAMEWORK} GiB") + \
         f" + allocator slack: {SLACK:.0%} of activations + 2% of the rest"
+    for name, nbytes in x.extra.items():  # the stage's own buffers (value head, generation caches, ...)
+        overhead += nbytes
+        detail["overhead"] += f" + {name} {nbytes / GIB:.3f} GiB"
     # Without accumulation, gradients are cleared after each step (set to None) and filled during backward as
     # activations are freed, so the two peaks do not add up; with accumulation they persist into the next forward.
     overlap = min(acts, grads) if x.grad_accum <= 1 else 0.0

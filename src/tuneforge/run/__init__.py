@@ -72,7 +72,7 @@ def build(cfg, events: EventLog | None = None) -> Prepared:
     events.phase("memory_check")
     memory_check(cfg, folder, stats, events)
     events.phase("loading")
-    model = load_model(cfg, folder)
+    model = (stage.load_model or load_model)(cfg, folder)
     counter = TokenCounter()
     trainer = stage.build_trainer(cfg, model, tokenizer, datasets, collator,
                                   [JsonlLogger(cfg.output.output_dir), counter, EventCallback(events)])

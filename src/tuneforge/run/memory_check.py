@@ -60,7 +60,7 @@ def estimate_for(cfg, shape, batch: Batch):
     x = input_from_config(cfg, batch=batch.rows, seq=batch.seq, attention_seq=batch.longest)
     stage = stages.STAGES.get(cfg.method.stage)
     if stage is not None and stage.memory is not None:
-        x = stage.memory(x)
+        x = stage.memory(x, cfg)
     return estimate_shape(shape, x), x
 
 

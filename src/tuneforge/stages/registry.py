@@ -27,7 +27,12 @@ class Stage:
     data_kind: one of DATA_KINDS.
     packs: whether rows of this stage may be packed (`packing` defaults to method.packs and stage.packs).
     train_defaults: `train` values this stage sets unless the user does (logged by config.resolve).
-    memory(x) -> x: how the stage changes the estimator's input (a preference pair doubles the rows), or None.
+    memory(x, cfg) -> x: how the stage changes the estimator's input (a preference pair doubles the rows; a frozen
+        reference sets `x.reference_copies`; generation caches or a value head go in `x.extra`), or None.
+    load_model(cfg, folder) -> model: how the stage loads its model (default: the causal LM with the method applied,
+        stages.common.load_model); e.g. a reward model with a scalar head.
+    llamafactory_names: LLaMA-Factory key -> (this stage's train key, convert or None), applied when this stage is
+        chosen (`pref_beta` -> `beta`); the key a user wrote is named in errors.
     help: one line for `--help-keys` and the Board.
     """
 
@@ -38,7 +43,9 @@ class Stage:
     data_kind: str = "supervised"
     packs: bool = True
     train_defaults: dict = field(default_factory=dict)
-    memory: Callable[[Any], Any] | None = None
+    memory: Callable[[Any, Any], Any] | None = None
+    load_model: Callable[[Any, str], Any] | None = None
+    llamafactory_names: dict = field(default_factory=dict)
     help: str = ""
 
 
