@@ -46,6 +46,11 @@ class ToyArguments(TrainingArguments):
     toy_beta: float = dataclasses.field(default=0.1, metadata={"help": "A knob only the toy stage has."})
 
 
+def toy_stage_memory(x, cfg):
+    """Pairs double the rows; a frozen reference copy; a named buffer."""
+    return dataclasses.replace(x, batch=2 * x.batch, reference_copies=1, extra={"toy buffer": 2**30})
+
+
 def toy_build_data(cfg, tokenizer, progress=None):
     from tuneforge.stages import sft
 
@@ -65,7 +70,8 @@ def toys():
     config.load(None, {"output_dir": "o"})  # registries populated first
     register_method("toy", ToySection, toy_apply, memory=toy_memory, fit=(("toy", {}, 3.0),), help="Only the final norm trains.")
     register_stage("toystage", toy_build_data, toy_build_trainer, args_class=lambda: ToyArguments, data_kind="supervised",
-                   train_defaults={"max_grad_norm": 0.5}, help="SFT data on a plain Trainer.")
+                   train_defaults={"max_grad_norm": 0.5}, help="SFT data on a plain Trainer.",
+                   llamafactory_names={"toy_pref_beta": ("toy_beta", float)}, memory=toy_stage_memory)
     try:
         yield
     finally:
@@ -149,3 +155,37 @@ def test_toy_method_and_stage_train_two_steps(toys, tiny_model_dir, data_dir, tm
     events = run.read_events(f"{tmp_path}/run2")
     assert events[0]["stage"] == "toystage" and events[0]["finetuning_type"] == "toy" and events[-1]["event"] == "finished"
     assert [e["step"] for e in events if e["event"] == "step" and "loss" in e] == [1, 2]
+
+
+def test_a_stage_maps_llamafactory_names_onto_its_own_keys_and_only_when_chosen(toys):
+    cfg = config.load(None, {"output_dir": "o", "stage": "toystage", "toy_pref_beta": "0.25"})
+    assert cfg.train.args["toy_beta"] == 0.25 and "toy_beta" in cfg.given
+    with pytest.raises(config.ConfigError) as e:  # both names for one value
+        config.load(None, {"output_dir": "o", "stage": "toystage", "toy_pref_beta": 0.2, "toy_beta": 0.3})
+    assert e.value.problems[0].key == "toy_pref_beta" and "keep one" in str(e.value)
+    with pytest.raises(config.ConfigError) as e:  # another stage's name
+        config.load(None, {"output_dir": "o", "toy_pref_beta": 0.2})
+    assert e.value.problems[0].key == "toy_pref_beta" and "belongs to stage toystage" in str(e.value)
+    from tuneforge.config.loader import known_keys
+
+    assert "toy_pref_beta" in known_keys()
+    described = {k.name: k for k in config.describe()}["toy_pref_beta"]
+    assert described.owner == "toystage" and described.llamafactory and "`toy_beta`" in described.help
+
+
+def test_a_stage_memory_hook_adds_pairs_a_reference_copy_and_named_buffers(toys):
+    from tuneforge.memory.estimate import estimate_shape
+    from tuneforge.memory.shapes import load_shape
+    from tuneforge.run.memory_check import Batch, estimate_for
+
+    shape = load_shape("smollm2-135m")
+    plain = config.resolve(config.load(None, {"output_dir": "o", "model_name_or_path": "smollm2-135m"}), quiet=True)
+    staged = config.resolve(config.load(None, {"output_dir": "o", "model_name_or_path": "smollm2-135m", "stage": "toystage"}),
+                            quiet=True)
+    batch = Batch(2, 64, 64, 2, "two rows")
+    (base, _), (report, x) = estimate_for(plain, shape, batch), estimate_for(staged, shape, batch)
+    assert x.batch == 4 and x.reference_copies == 1
+    assert report.weights - base.weights == pytest.approx(shape.total_params * 4, rel=0.03)
+    assert "reference" in report.detail["weights"] and "toy buffer" in report.detail["overhead"]
+    assert report.activations > base.activations and report.overhead - base.overhead > 2**30 * 0.99
+    assert estimate_shape(shape, x).total == pytest.approx(report.total)

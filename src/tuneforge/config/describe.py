@@ -121,6 +121,12 @@ def describe(stage: str | None = None) -> list[KeyInfo]:
             owners = None if key in base else ",".join(x for x, fl in per_stage.items() if key in fl)
             default = DEFAULTS.get(key, _default(f))
             train[key] = KeyInfo(key, tp, default, f.metadata.get("help", ""), "train", owners, choices, optional, True)
+    for s in stages:  # LLaMA-Factory's names for a stage's keys (`pref_beta` for `beta`)
+        for alias, (target, _) in (STAGES[s].llamafactory_names.items() if s in STAGES else ()):
+            if alias not in train and target in train:
+                t = train[target]
+                train[alias] = dataclasses.replace(t, name=alias, owner=s, llamafactory=True,
+                                                   help=f"LLaMA-Factory's name for `{target}`. {t.help}".strip())
     out += [train[k] for k in sorted(train)]
     return out
 
