@@ -234,7 +234,9 @@ def test_describe_lists_every_key_with_type_default_help_and_owner():
     keys = {k.name: k for k in config.describe()}
     assert keys["lora_rank"].type == "int" and keys["lora_rank"].default == 8 and keys["lora_rank"].owner == "lora"
     assert keys["lora_rank"].llamafactory and not keys["memory_check"].llamafactory
-    assert keys["stage"].choices == ["sft"] and "lora" in keys["finetuning_type"].choices
+    from tuneforge.stages.registry import STAGES
+
+    assert keys["stage"].choices == sorted(STAGES) and "sft" in STAGES and "lora" in keys["finetuning_type"].choices
     assert keys["torch_dtype"].choices == ["auto", "float32", "bfloat16", "float16"]
     assert keys["num_virtual_tokens"].owner == "prefix,prompt"
     assert keys["learning_rate"].section == "train" and keys["learning_rate"].type == "float" and keys["learning_rate"].help

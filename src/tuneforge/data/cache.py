@@ -6,7 +6,7 @@ import os
 
 from tuneforge.data.loaders import data_files
 
-CACHE_VERSION = 3  # 2: stats carry train_longest; 3: json/csv read as written (no type coercion)
+CACHE_VERSION = 4  # 2: stats carry train_longest; 3: json/csv read as written (no type coercion); 4: tools kept
 
 
 def cache_root(cache_dir: str | None) -> str:

@@ -78,9 +78,9 @@ def _lengths(encoded: list[tuple[int, list[int], list[int]]], cutoff_len: int) -
 
 def check_dataset(attr, data_cfg, tokenizer) -> dict:
     """The report of one dataset; `error` is set (and nothing else is) when it cannot be read or has no usable row."""
-    from tuneforge.data.formats import CONVERTERS, check_columns, detect_format
+    from tuneforge.data.formats import CONVERTERS, check_columns, detect_format, row_tools
     from tuneforge.data.loaders import load_rows
-    from tuneforge.data.templates import encode
+    from tuneforge.data.templates import check_tools_rendered, encode
 
     entry = {"name": attr.name, "file": attr.path, "format": attr.formatting, "rows": 0, "usable": 0}
     try:
@@ -95,7 +95,7 @@ def check_dataset(attr, data_cfg, tokenizer) -> dict:
     convert, good, bad = CONVERTERS[attr.formatting], [], []
     for i, row in enumerate(rows):
         try:
-            good.append((i, convert(row, attr)))
+            good.append((i, convert(row, attr), row_tools(row, attr)))
         except ValueError as e:
             bad.append((i, str(e)))
     entry.update(usable=len(good), bad=len(bad), bad_reasons=_bad_rows(bad), roles=_roles(attr, rows))
@@ -103,7 +103,13 @@ def check_dataset(attr, data_cfg, tokenizer) -> dict:
         first = f"row {bad[0][0]}: {bad[0][1]}" if bad else "the file has no rows"
         return {**entry, "error": f"dataset `{attr.name}`: none of its {len(rows)} rows is usable; first problem: {first}"}
     cutoff = data_cfg.cutoff_len
-    encoded = [(i, *encode(tokenizer, m, NO_LIMIT, data_cfg.train_on_prompt, data_cfg.mask_history)) for i, m in good]
+    if any(tools or any("tool_calls" in x for x in m) for _, m, tools in good):
+        try:
+            check_tools_rendered(tokenizer)
+        except DataError as e:
+            return {**entry, "error": f"dataset `{attr.name}`: {e}"}
+    encoded = [(i, *encode(tokenizer, m, NO_LIMIT, data_cfg.train_on_prompt, data_cfg.mask_history, tools))
+               for i, m, tools in good]
     entry["lengths"] = _lengths(encoded, cutoff)
     entry["examples"] = [{"row": i, "tokens": len(ids), "supervised": sum(1 for x in labels[:cutoff] if x != -100),
                           "text": _marked(tokenizer, ids, labels, cutoff)} for i, ids, labels in encoded[:RENDERED_EXAMPLES]]

@@ -1,5 +1,7 @@
 """Format converters: alpaca, sharegpt (from/value or role/content, custom tags) and OpenAI `messages`
-rows become one shape: a list of {role, content} messages (system first, if any)."""
+rows become one shape: a list of {role, content} messages (system first, if any). Tool-calling data keeps its tools:
+a `function_call` turn becomes an assistant turn with OpenAI-style `tool_calls`, an `observation` turn a `tool` turn,
+and the `tools` column (function definitions) goes to the chat template as `tools`."""
 
 import json
 
@@ -24,7 +26,7 @@ def detect_format(attr: DatasetAttr, columns: list[str]) -> str:
 def check_columns(attr: DatasetAttr, columns: list[str]) -> None:
     """Fail early, naming the column, when the mapping points at a column the file lacks."""
     required = ("prompt", "response") if attr.formatting == "alpaca" else ("messages",)
-    optional = ("query", "history", "system") if attr.formatting == "alpaca" else ("system",)
+    optional = ("query", "history", "system") if attr.formatting == "alpaca" else ("system", "tools")
     if attr.ranking:
         raise DataError(f"dataset `{attr.name}` is a ranking (preference) dataset; it is for stages rm or dpo, not sft")
     for key in required + optional:
@@ -65,6 +67,56 @@ def alpaca_to_messages(row: dict, attr: DatasetAttr) -> list[dict]:
     return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
 
 
+def _tool_calls(content: str, i: int) -> list[dict]:
+    """A `function_call` turn's content (`{"name": ..., "arguments": {...}}` or a list of them, as JSON) as OpenAI-style
+    tool calls; anything else makes the row bad."""
+    try:
+        calls = json.loads(content)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"message {i} is a function call but its content is not JSON ({e.msg} at column {e.colno})") from None
+    calls = calls if isinstance(calls, list) else [calls]
+    out = []
+    for call in calls:
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"]:
+            raise ValueError(f'message {i} is a function call without a name; write {{"name": ..., "arguments": {{...}}}}')
+        args = call.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError:
+                raise ValueError(f"message {i}: the arguments of function call `{call['name']}` are not JSON") from None
+        if not isinstance(args, dict):
+            raise ValueError(f"message {i}: the arguments of function call `{call['name']}` must be an object")
+        out.append({"type": "function", "function": {"name": call["name"], "arguments": args}})
+    return out
+
+
+def row_tools(row: dict, attr: DatasetAttr) -> list[dict] | None:
+    """The row's tool (function) definitions from its `tools` column (a JSON string or a list), OpenAI style
+    (`{"type": "function", "function": {name, description, parameters}}`); None when the row has none.
+
+    Raises:
+        ValueError: the column is not JSON, not a list, or a tool has no name (the row is reported bad).
+    """
+    col = attr.column("tools")
+    value = row.get(col) if col else None
+    if value in (None, "", []):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"`{col}` is not JSON ({e.msg} at column {e.colno})") from None
+    value = value if isinstance(value, list) else [value]
+    tools = []
+    for k, tool in enumerate(value):
+        spec = tool.get("function", tool) if isinstance(tool, dict) else None
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+            raise ValueError(f"`{col}` entry {k} is not a function definition with a `name`")
+        tools.append({"type": "function", "function": spec})
+    return tools or None
+
+
 def _tags(attr: DatasetAttr, first: dict) -> dict:
     if attr.tags_given:
         return {**SHAREGPT_TAGS, **attr.tags}
@@ -91,7 +143,7 @@ def sharegpt_to_messages(row: dict, attr: DatasetAttr) -> list[dict]:
         if tag not in roles:
             raise ValueError(f"message {i} has `{tags['role_tag']}` = {tag!r}; expected one of {sorted(k for k in roles if k)}")
         content = _text(m.get(tags["content_tag"]), f"message {i} {tags['content_tag']}")
-        if not content:
+        if not content and not m.get("tool_calls"):
             raise ValueError(f"message {i} has an empty `{tags['content_tag']}`")
         role = roles[tag]
         if role == "system":
@@ -102,7 +154,13 @@ def sharegpt_to_messages(row: dict, attr: DatasetAttr) -> list[dict]:
         want = ("assistant",) if len(messages) % 2 else ("user", "tool")
         if role not in want:
             raise ValueError(f"message {i} is `{tag}` where a {' or '.join(want)} turn was expected; turns must alternate")
-        messages.append({"role": role, "content": content})
+        if tag == tags["function_tag"]:
+            messages.append({"role": "assistant", "content": "", "tool_calls": _tool_calls(content, i)})
+        elif m.get("tool_calls") and role == "assistant":  # OpenAI style: the calls are already structured
+            messages.append({"role": "assistant", "content": content,
+                             "tool_calls": _tool_calls(json.dumps([c.get("function", c) for c in m["tool_calls"]]), i)})
+        else:
+            messages.append({"role": role, "content": content})
     if not messages or messages[-1]["role"] != "assistant":
         raise ValueError("the conversation does not end with an assistant turn")
     return ([{"role": "system", "content": system}] if system else []) + messages
@@ -122,10 +180,12 @@ def to_messages(ds, attr: DatasetAttr, strict: bool, log):
     attr.formatting = detect_format(attr, ds.column_names)
     check_columns(attr, ds.column_names)
     convert = CONVERTERS[attr.formatting]
-    rows, bad, first_bad = [], 0, None
+    rows, tools, bad, first_bad = [], [], 0, None
     for i, row in enumerate(ds):
         try:
-            rows.append(convert(row, attr))
+            messages, row_tool = convert(row, attr), row_tools(row, attr)
+            rows.append([stored(m) for m in messages])
+            tools.append(json.dumps(row_tool) if row_tool else "")
         except ValueError as e:
             bad += 1
             first_bad = first_bad or f"row {i}: {e}"
@@ -139,4 +199,14 @@ def to_messages(ds, attr: DatasetAttr, strict: bool, log):
                     len(ds), first_bad)
     from datasets import Dataset
 
-    return Dataset.from_dict({"messages": rows}), {"rows": len(ds), "skipped": bad, "first_skipped": first_bad}
+    tool_data = any(tools) or any("tool_calls" in m for messages in rows for m in messages)
+    columns = {"messages": rows, **({"tools": tools} if tool_data else {})}
+    return Dataset.from_dict(columns), {"rows": len(ds), "skipped": bad, "first_skipped": first_bad}
+
+
+def stored(message: dict) -> dict:
+    """A message as the tokenized-data pipeline stores it: tool calls as one JSON string (their arguments differ from
+    row to row, which one Arrow column type cannot hold). `templates.encode` reads either form."""
+    if "tool_calls" not in message:
+        return message
+    return {**message, "tool_calls": json.dumps(message["tool_calls"])}

@@ -8,7 +8,7 @@ from tuneforge.data import cache, registry
 from tuneforge.data.errors import DataError
 from tuneforge.data.formats import to_messages
 from tuneforge.data.loaders import load_rows
-from tuneforge.data.templates import IGNORE_INDEX, encode
+from tuneforge.data.templates import IGNORE_INDEX, check_tools_rendered, encode
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,12 @@ def tokenize(ds, tokenizer, data_cfg, progress=None):
     total, done = len(ds), [0]
     in_process = progress is not None and (data_cfg.preprocessing_num_workers or 1) <= 1
 
+    if "tools" in ds.column_names:  # tool-calling data (formats.to_messages adds the column only then)
+        check_tools_rendered(tokenizer)
+
     def fn(row):
-        ids, labels = encode(tokenizer, row["messages"], data_cfg.cutoff_len, data_cfg.train_on_prompt, data_cfg.mask_history)
+        ids, labels = encode(tokenizer, row["messages"], data_cfg.cutoff_len, data_cfg.train_on_prompt, data_cfg.mask_history,
+                             row.get("tools"))
         if in_process:
             done[0] += 1
             progress(done[0], total)

@@ -10,8 +10,8 @@ from tuneforge.data.errors import DataError
 FORMATS = ("alpaca", "sharegpt", "openai", "auto")
 DEFAULT_COLUMNS = {
     "alpaca": {"prompt": "instruction", "query": "input", "response": "output", "history": None, "system": None},
-    "sharegpt": {"messages": "conversations", "system": None, "tools": None},
-    "openai": {"messages": "messages", "system": None, "tools": None},
+    "sharegpt": {"messages": "conversations", "system": None, "tools": "tools"},
+    "openai": {"messages": "messages", "system": None, "tools": "tools"},
 }
 SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
                  "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}

@@ -1,20 +1,41 @@
 """Chat templates and loss masks. Every template is a Jinja chat template, so training ids are exactly
 `tokenizer.apply_chat_template(messages)`, and the template is saved with the tokenizer."""
 
+import json
+
 from tuneforge.config.errors import did_you_mean
 from tuneforge.data.errors import DataError
 
 IGNORE_INDEX = -100
 
-CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-LLAMA3 = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
-)
+# Tool calling (only when the conversation has tools or tool calls; otherwise the templates render as before): the
+# function definitions go in a system turn (after the conversation's own system text), one JSON object a line inside
+# <tools></tools>; an assistant's calls follow its text as <tool_call>{"name": ..., "arguments": {...}}</tool_call>;
+# tool results are `tool` turns.
+_TOOLS_INTRO = ("You can call these functions. Their definitions, one JSON object a line:\n<tools>\n"
+                "{% for tool in tools %}{{ (tool.function if tool.function is defined else tool) | tojson }}\n{% endfor %}"
+                '</tools>\nTo call one, answer with <tool_call>{"name": ..., "arguments": {...}}</tool_call>.')
+_CALLS = ("{% if message.tool_calls %}{% for call in message.tool_calls %}"
+          "{% if message['content'] or not loop.first %}{{ '\\n' }}{% endif %}"
+          "{{ '<tool_call>' }}{{ {'name': call.function.name, 'arguments': call.function.arguments} | tojson }}{{ '</tool_call>' }}"
+          "{% endfor %}{% endif %}")
+
+
+def _with_tools(start: str, end: str) -> str:
+    """A template in the start/end-of-turn markers `start` (with a `ROLE` placeholder) and `end`."""
+    open_ = lambda role: start.replace("ROLE", role)  # noqa: E731
+    return (
+        "{% if tools %}{{ '" + open_("system") + "' }}"
+        "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\\n\\n' }}{% endif %}"
+        + _TOOLS_INTRO + "{{ '" + end + "' }}{% endif %}"
+        "{% for message in messages %}{% if not (tools and loop.first and message['role'] == 'system') %}"
+        "{{ '" + open_("' + message['role'] + '") + "' + message['content'] }}" + _CALLS + "{{ '" + end + "' }}"
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '" + open_("assistant") + "' }}{% endif %}"
+    )
+
+
+CHATML = _with_tools("<|im_start|>ROLE\\n", "<|im_end|>\\n")
+LLAMA3 = "{{ bos_token }}" + _with_tools("<|start_header_id|>ROLE<|end_header_id|>\\n\\n", "<|eot_id|>")
 ALPACA = (
     "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
     "{% elif message['role'] == 'user' %}{{ '### Instruction:\\n' + message['content'] + '\\n\\n### Response:\\n' }}"
@@ -52,18 +73,59 @@ def apply_template(tokenizer, name: str, log=None) -> str:
                     f"use auto (the tokenizer's own) or one of {', '.join(NAMED)}")
 
 
-def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+def template_messages(messages: list[dict]) -> list[dict]:
+    """Messages as the chat template reads them: tool calls stored as a JSON string (data/formats.stored) parsed back,
+    keys Arrow filled with None for messages that lack them dropped."""
+    out = []
+    for m in messages:
+        m = {k: v for k, v in m.items() if v is not None}
+        if isinstance(m.get("tool_calls"), str):
+            m["tool_calls"] = json.loads(m["tool_calls"])
+        out.append(m)
+    return out
 
 
-def assistant_spans(tokenizer, messages: list[dict], text: str) -> list[tuple[int, int]]:
+def template_tools(tools) -> list[dict] | None:
+    """A row's tools as stored (a JSON string, "" for none) or as a list; None when there are none."""
+    if isinstance(tools, str):
+        return json.loads(tools) if tools else None
+    return tools or None
+
+
+PROBE_TOOL = {"type": "function", "function": {"name": "tuneforge_probe_tool", "description": "", "parameters": {}}}
+
+
+def check_tools_rendered(tokenizer) -> None:
+    """Refuse a chat template that would silently drop tool definitions or tool calls.
+
+    Raises:
+        DataError: naming `template`, when the template renders neither the tools nor an assistant's tool call.
+    """
+    probe = [{"role": "user", "content": "q"},
+             {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+                 "name": "tuneforge_probe_call", "arguments": {}}}]}]
+    text = tokenizer.apply_chat_template(probe, tools=[PROBE_TOOL], tokenize=False)
+    missing = [what for what, name in (("the tool definitions", "tuneforge_probe_tool"), ("tool calls", "tuneforge_probe_call"))
+               if name not in text]
+    if missing:
+        raise DataError(f"the dataset has tool-calling rows, but the chat template drops {' and '.join(missing)}, so the "
+                        f"model would never see them; set `template: chatml` or `template: llama3` (both render tools and "
+                        f"tool calls), or use a model whose own template renders tools", key="template")
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False, tools=None) -> str:
+    return tokenizer.apply_chat_template(template_messages(messages), tools=template_tools(tools), tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
+def assistant_spans(tokenizer, messages: list[dict], text: str, tools=None) -> list[tuple[int, int]]:
     """Character spans of each assistant reply (with its end-of-turn marker) in the rendered `text`."""
     spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        before = render(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = render(tokenizer, messages[: i + 1])
+        before = render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
+        upto = render(tokenizer, messages[: i + 1], tools=tools)
         if not (text.startswith(upto) and upto.startswith(before)):
             raise DataError("the chat template renders earlier turns differently once later turns follow, so loss masks "
                             "cannot be aligned; set `template` to chatml, llama3 or alpaca")
@@ -72,19 +134,20 @@ def assistant_spans(tokenizer, messages: list[dict], text: str) -> list[tuple[in
 
 
 def encode(tokenizer, messages: list[dict], cutoff_len: int, train_on_prompt: bool = False,
-           mask_history: bool = False) -> tuple[list[int], list[int]]:
-    """Token ids (equal to `apply_chat_template`) and labels (IGNORE_INDEX outside supervised spans).
+           mask_history: bool = False, tools=None) -> tuple[list[int], list[int]]:
+    """Token ids (equal to `apply_chat_template(messages, tools=tools)`) and labels (IGNORE_INDEX outside supervised
+    spans). An assistant's tool calls are supervised like its text; tool results are not.
 
     The assistant's end-of-turn marker is supervised so the model learns to stop. Truncation to
     `cutoff_len` cuts ids and labels together, so they stay aligned.
     """
-    text = render(tokenizer, messages)
+    text = render(tokenizer, messages, tools=tools)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
     if train_on_prompt:
         labels = list(ids)
     else:
-        spans = assistant_spans(tokenizer, messages, text)
+        spans = assistant_spans(tokenizer, messages, text, tools)
         if mask_history:
             spans = spans[-1:]
         labels = [IGNORE_INDEX] * len(ids)
