@@ -1,6 +1,6 @@
 """Tool-calling data keeps its tools: the `tools` column reaches the chat template, a `function_call` turn is an
-assistant tool call (supervised), an `observation` turn a tool result (not supervised); a template that would drop
-them is refused, naming `template`."""
+assistant tool call (supervised), an `observation` turn a tool result (not supervised); a template that does not
+render tools gets them in a documented text format (said in the log)."""
 
 import json
 import os
@@ -94,14 +94,22 @@ def test_malformed_tools_are_a_reported_bad_row(tmp_path):
     assert stats["skipped"] == 2 and "`tools` is not JSON" in stats["first_skipped"]
 
 
-def test_a_template_that_drops_tools_is_refused_naming_template(tmp_path):
+def test_a_template_that_does_not_render_tools_gets_them_as_documented_text(tmp_path, caplog):
+    import logging
+
     tok = make_tokenizer()
     tok.chat_template = NAMED["alpaca"]  # renders neither tools nor tool calls
     cfg = config.load(None, {"output_dir": str(tmp_path / "o"), "dataset": "tools", "dataset_dir": tool_dir(tmp_path, [ROW] * 3),
                              "template": "alpaca"})
-    with pytest.raises(data.DataError) as e:
-        data.build(cfg.data, tok, str(tmp_path / "cache"))
-    assert e.value.key == "template" and "template: chatml" in str(e.value)
+    with caplog.at_level(logging.INFO, logger="tuneforge.data.pipeline"):
+        parts, _ = data.build(cfg.data, tok, str(tmp_path / "cache"))
+    assert "tool calling is written as text" in caplog.text
+    row = parts["train"][0]
+    text = tok.decode(row["input_ids"])
+    assert "<tools>" in text and '"name": "get_weather"' in text and "<tool_response>" in text
+    supervised = tok.decode([t for t, lab in zip(row["input_ids"], row["labels"]) if lab != IGNORE_INDEX])
+    assert '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>' in supervised
+    assert "temperature_c" not in supervised and "<tools>" not in supervised
 
 
 def test_the_shipped_tool_calling_demo_trains_with_its_tools(tiny_model_dir, tmp_path):

@@ -80,7 +80,7 @@ def check_dataset(attr, data_cfg, tokenizer) -> dict:
     """The report of one dataset; `error` is set (and nothing else is) when it cannot be read or has no usable row."""
     from tuneforge.data.formats import CONVERTERS, check_columns, detect_format, row_tools
     from tuneforge.data.loaders import load_rows
-    from tuneforge.data.templates import check_tools_rendered, encode
+    from tuneforge.data.templates import TOOLS_TEXT_FORMAT, encode, renders_tools
 
     entry = {"name": attr.name, "file": attr.path, "format": attr.formatting, "rows": 0, "usable": 0}
     try:
@@ -104,10 +104,8 @@ def check_dataset(attr, data_cfg, tokenizer) -> dict:
         return {**entry, "error": f"dataset `{attr.name}`: none of its {len(rows)} rows is usable; first problem: {first}"}
     cutoff = data_cfg.cutoff_len
     if any(tools or any("tool_calls" in x for x in m) for _, m, tools in good):
-        try:
-            check_tools_rendered(tokenizer)
-        except DataError as e:
-            return {**entry, "error": f"dataset `{attr.name}`: {e}"}
+        entry["tools"] = ("rendered by the chat template itself" if renders_tools(tokenizer)
+                         else f"written as text (the chat template does not render tools): {TOOLS_TEXT_FORMAT}")
     encoded = [(i, *encode(tokenizer, m, NO_LIMIT, data_cfg.train_on_prompt, data_cfg.mask_history, tools))
                for i, m, tools in good]
     entry["lengths"] = _lengths(encoded, cutoff)
@@ -165,6 +163,8 @@ def render(report: dict) -> str:
             out.append(f"  role tags (`{roles['role_field']}`): found {found}; configured {configured}")
             if roles["unknown"]:
                 out.append(f"  UNKNOWN role tags: {', '.join(roles['unknown'])} (set `tags` for this dataset in dataset_info.json)")
+        if d.get("tools"):
+            out.append(f"  tool calling: {d['tools']}")
         if "lengths" not in d:
             continue
         n = d["lengths"]

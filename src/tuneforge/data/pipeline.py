@@ -8,7 +8,7 @@ from tuneforge.data import cache, registry
 from tuneforge.data.errors import DataError
 from tuneforge.data.formats import to_messages
 from tuneforge.data.loaders import load_rows
-from tuneforge.data.templates import IGNORE_INDEX, check_tools_rendered, encode
+from tuneforge.data.templates import IGNORE_INDEX, TOOLS_TEXT_FORMAT, encode, renders_tools
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ def tokenize(ds, tokenizer, data_cfg, progress=None):
     total, done = len(ds), [0]
     in_process = progress is not None and (data_cfg.preprocessing_num_workers or 1) <= 1
 
-    if "tools" in ds.column_names:  # tool-calling data (formats.to_messages adds the column only then)
-        check_tools_rendered(tokenizer)
+    if "tools" in ds.column_names and not renders_tools(tokenizer):  # tool-calling data (to_messages adds the column then)
+        log.info("the chat template does not render tools; tool calling is written as text: %s", TOOLS_TEXT_FORMAT)
 
     def fn(row):
         ids, labels = encode(tokenizer, row["messages"], data_cfg.cutoff_len, data_cfg.train_on_prompt, data_cfg.mask_history,

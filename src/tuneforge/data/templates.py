@@ -93,29 +93,59 @@ def template_tools(tools) -> list[dict] | None:
 
 
 PROBE_TOOL = {"type": "function", "function": {"name": "tuneforge_probe_tool", "description": "", "parameters": {}}}
+_RENDERS_TOOLS: dict[str, bool] = {}
 
 
-def check_tools_rendered(tokenizer) -> None:
-    """Refuse a chat template that would silently drop tool definitions or tool calls.
+def renders_tools(tokenizer) -> bool:
+    """Whether the tokenizer's chat template renders both tool definitions and an assistant's tool calls."""
+    template = str(tokenizer.chat_template)
+    if template not in _RENDERS_TOOLS:
+        probe = [{"role": "user", "content": "q"},
+                 {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+                     "name": "tuneforge_probe_call", "arguments": {}}}]}]
+        try:
+            text = tokenizer.apply_chat_template(probe, tools=[PROBE_TOOL], tokenize=False)
+        except Exception:  # a template that raises on tools or tool calls does not render them
+            text = ""
+        _RENDERS_TOOLS[template] = "tuneforge_probe_tool" in text and "tuneforge_probe_call" in text
+    return _RENDERS_TOOLS[template]
 
-    Raises:
-        DataError: naming `template`, when the template renders neither the tools nor an assistant's tool call.
-    """
-    probe = [{"role": "user", "content": "q"},
-             {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
-                 "name": "tuneforge_probe_call", "arguments": {}}}]}]
-    text = tokenizer.apply_chat_template(probe, tools=[PROBE_TOOL], tokenize=False)
-    missing = [what for what, name in (("the tool definitions", "tuneforge_probe_tool"), ("tool calls", "tuneforge_probe_call"))
-               if name not in text]
-    if missing:
-        raise DataError(f"the dataset has tool-calling rows, but the chat template drops {' and '.join(missing)}, so the "
-                        f"model would never see them; set `template: chatml` or `template: llama3` (both render tools and "
-                        f"tool calls), or use a model whose own template renders tools", key="template")
+
+TOOLS_TEXT_FORMAT = ("the tool definitions in a system turn (after its own text) as a <tools> block, one JSON object a "
+                     "line; each call after the assistant's text as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>; "
+                     "each tool result as a user turn <tool_response>...</tool_response>")
+
+
+def tools_as_text(messages: list[dict], tools: list[dict] | None) -> list[dict]:
+    """The conversation in plain {role, content} turns for a chat template that does not render tools
+    (TOOLS_TEXT_FORMAT; the same text chatml and llama3 render natively, except that results are user turns)."""
+    out = [dict(m) for m in messages]
+    if tools:
+        lines = "\n".join(json.dumps(t.get("function", t), ensure_ascii=False) for t in tools)
+        intro = ("You can call these functions. Their definitions, one JSON object a line:\n<tools>\n" + lines + "\n</tools>\n"
+                 'To call one, answer with <tool_call>{"name": ..., "arguments": {...}}</tool_call>.')
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": out[0]["content"] + "\n\n" + intro}
+        else:
+            out.insert(0, {"role": "system", "content": intro})
+    for i, m in enumerate(out):
+        calls = m.pop("tool_calls", None)
+        if calls:
+            text = "\n".join("<tool_call>" + json.dumps({"name": c["function"]["name"], "arguments": c["function"]["arguments"]},
+                                                        ensure_ascii=False) + "</tool_call>" for c in calls)
+            m["content"] = (m["content"] + "\n" + text) if m.get("content") else text
+        if m["role"] == "tool":
+            out[i] = {"role": "user", "content": "<tool_response>\n" + m["content"] + "\n</tool_response>"}
+    return out
 
 
 def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False, tools=None) -> str:
-    return tokenizer.apply_chat_template(template_messages(messages), tools=template_tools(tools), tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+    """The chat template applied to `messages` (and `tools`); tool calling in TOOLS_TEXT_FORMAT when the template does
+    not render tools itself."""
+    messages, tools = template_messages(messages), template_tools(tools)
+    if (tools or any(m.get("tool_calls") for m in messages)) and not renders_tools(tokenizer):
+        messages, tools = tools_as_text(messages, tools), None
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def assistant_spans(tokenizer, messages: list[dict], text: str, tools=None) -> list[tuple[int, int]]:
