@@ -123,3 +123,22 @@ def test_the_shipped_tool_calling_demo_trains_with_its_tools(tiny_model_dir, tmp
     text = make_tokenizer().decode(row["input_ids"])
     assert "<tools>" in text and "get_weather" in text and "<tool_call>" in text
     assert prepared.stats["datasets"]["tool_calls_demo"]["skipped"] == 0
+
+
+def test_openai_style_messages_with_tool_calls_and_tools_are_kept(tmp_path):
+    d = tmp_path / "data"
+    row = {"messages": [{"role": "user", "content": "Weather in Oslo?"},
+                        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+                            "name": "get_weather", "arguments": json.dumps({"city": "Oslo"})}}]},
+                        {"role": "tool", "tool_call_id": "c1", "content": "6 C"},
+                        {"role": "assistant", "content": "It is 6 degrees."}],
+           "tools": [{"type": "function", "function": TOOL}]}
+    write_json(str(d / "oa.json"), [row])
+    attr = registry.resolve(["oa.json"], str(d))[0]
+    ds, stats = to_messages(load_rows(attr), attr, False, __import__("logging").getLogger("t"))
+    assert stats["skipped"] == 0, stats
+    ids, labels = encode(make_tokenizer(), ds[0]["messages"], 4096, tools=ds[0]["tools"])
+    tok = make_tokenizer()
+    assert '"required": ["city"]' in tok.decode(ids)
+    assert '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>' in tok.decode(
+        [t for t, lab in zip(ids, labels) if lab != IGNORE_INDEX])
