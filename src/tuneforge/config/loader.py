@@ -334,6 +334,12 @@ def _validate(cfg: RunConfig, given: set[str], purpose: str) -> list:
     if cfg.model.adapter_name_or_path and not facts.adapter:
         problems.append(("adapter_name_or_path", f"adapter_name_or_path needs an adapter method ({', '.join(names(adapter=True))}), "
                                                  f"got `{method}`; merge the adapter first (tuneforge export) or use finetuning_type: lora"))
+    if cfg.data.streaming and stage in STAGES and not STAGES[stage].streams:
+        problems.append(("streaming", f"streaming is not available with stage {stage} (stages that stream: "
+                                      f"{', '.join(sorted(s for s in STAGES if STAGES[s].streams))}); set streaming: false"))
+    if cfg.data.streaming and not int(cfg.train.args.get("max_steps", -1) or -1) > 0:
+        problems.append(("max_steps", "streaming reads the data lazily, so the run's length is unknown: set max_steps "
+                                      "(e.g. max_steps: 1000)"))
     if cfg.data.packing and stage in STAGES and not STAGES[stage].packs:
         problems.append(("packing", f"packing is not available with stage {stage}; set packing: false"))
     args = cfg.train.args

@@ -56,6 +56,9 @@ class DataSection:
     strict: bool = field(False, help="Fail on the first malformed row instead of skipping and reporting them.")
     overwrite_cache: bool = field(False, help="Re-tokenize even if a cached copy of the same data exists.")
     preprocessing_num_workers: int | None = field(None, help="Processes used for tokenization.")
+    streaming: bool = field(False, help="Read the datasets lazily instead of loading and caching them whole (corpora larger "
+                                        "than memory); needs max_steps; val_size must be a row count.")
+    buffer_size: int = field(16384, help="With streaming: examples held in the shuffle buffer.")
     seed: int = field(42, help="Seed for shuffling, splitting and interleaving data (also the training seed).")
 
     def validate(self) -> list[str]:
@@ -73,6 +76,11 @@ class DataSection:
             problems.append(f"max_samples must be > 0 (got {self.max_samples}); remove it to use every row")
         if self.val_size < 0 or (self.val_size >= 1 and self.val_size != int(self.val_size)):
             problems.append(f"val_size must be a share in [0, 1) or a whole number of rows (got {self.val_size})")
+        if self.buffer_size <= 0:
+            problems.append(f"buffer_size must be > 0 (got {self.buffer_size})")
+        if self.streaming and 0 < self.val_size < 1:
+            problems.append(f"val_size must be a number of rows with streaming (the first rows are held out), not a share "
+                            f"(got {self.val_size})")
         if self.interleave_probs is not None:
             if self.mix_strategy == "concat":
                 problems.append("interleave_probs needs mix_strategy: interleave_under or interleave_over")

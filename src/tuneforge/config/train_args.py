@@ -135,6 +135,10 @@ def build_training_arguments(cfg, check_only: bool = False, overrides: dict | No
     kwargs.setdefault("include_num_input_tokens_seen", "all" if cfg.data.packing else "non_padding")
     if not torch.cuda.is_available():
         kwargs.setdefault("use_cpu", True)
+    if getattr(cfg.data, "streaming", False):
+        # accelerate dispatches an iterable dataset's batches by slicing every tensor along dim 0, which cuts a packed
+        # row's example boundaries (cu_seq_lens) to one entry; each process reads its own batches instead
+        kwargs.setdefault("accelerator_config", {"dispatch_batches": False})
     prefix = checkpointing.installed_prefix()
     kwargs = checkpointing.normalize(kwargs, prefix)  # a resolved config already has the installed spelling
     # TRL's configs turn on bf16 and checkpointing by default; precision and checkpointing follow our config instead

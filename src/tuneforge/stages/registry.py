@@ -26,6 +26,7 @@ class Stage:
     args_class() -> the arguments class whose field names are this stage's `train` keys (imported lazily).
     data_kind: one of DATA_KINDS.
     packs: whether rows of this stage may be packed (`packing` defaults to method.packs and stage.packs).
+    streams: whether build_data honours `streaming: true` (read lazily, never held whole).
     train_defaults: `train` values this stage sets unless the user does (logged by config.resolve).
     memory(x, cfg) -> x: how the stage changes the estimator's input (a preference pair doubles the rows; a frozen
         reference sets `x.reference_copies`; generation caches or a value head go in `x.extra`), or None.
@@ -42,6 +43,7 @@ class Stage:
     args_class: Callable[[], type] = _training_arguments
     data_kind: str = "supervised"
     packs: bool = True
+    streams: bool = False
     train_defaults: dict = field(default_factory=dict)
     memory: Callable[[Any, Any], Any] | None = None
     load_model: Callable[[Any, str], Any] | None = None

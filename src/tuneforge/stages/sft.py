@@ -8,6 +8,11 @@ def build_data(cfg, tokenizer, progress=None):
     """Tokenized chat rows with loss masks, and the collator (packed or padded)."""
     from tuneforge import data
 
+    if cfg.data.streaming:
+        from tuneforge.data import streaming
+
+        datasets, stats = streaming.build(cfg.data, tokenizer)
+        return datasets, stats, data.build_collator(tokenizer, cfg.data.packing)
     datasets, stats = data.build(cfg.data, tokenizer, cfg.model.cache_dir, progress=progress)
     return datasets, stats, data.build_collator(tokenizer, cfg.data.packing)
 
@@ -21,5 +26,5 @@ def build_trainer(cfg, model, tokenizer, datasets, collator, callbacks):
     return trainer
 
 
-register_stage("sft", build_data, build_trainer, data_kind="supervised",
+register_stage("sft", build_data, build_trainer, data_kind="supervised", streams=True,
                help="Supervised fine-tuning: chat or instruction data, loss on the assistant's turns.")
