@@ -78,6 +78,8 @@ def coerce(value: Any, tp: Any) -> Any:
             raise ValueError(f"must be a number (got {value!r})")
         return float(value)
     if tp is str:
+        if value is None:  # `key:` or `key=` with nothing after it; never the text "None"
+            raise ValueError("has no value; give one or remove the key")
         if isinstance(value, (dict, list)):
             raise ValueError(f"must be a string (got {value!r})")
         return str(value)

@@ -94,6 +94,29 @@ def _csv_rows(path: str, name: str) -> list[dict]:
         raise DataError(f"dataset `{name}`: `{path}` is not valid CSV: {e}") from None
 
 
+def _arrow_rows(builder: str, files: list[str], attr: DatasetAttr):
+    """Parquet or Arrow files as one `datasets.Dataset`, read with pyarrow (typed per column by the file itself)."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    tables = []
+    for f in files:
+        try:
+            if builder == "parquet":
+                import pyarrow.parquet as pq
+
+                tables.append(pq.read_table(f))
+            else:
+                with pa.memory_map(f) as source:
+                    tables.append(pa.ipc.open_stream(source).read_all())
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"dataset `{attr.name}`: cannot read `{f}` as {builder}: {str(e).splitlines()[0]}") from None
+    try:
+        return Dataset(pa.concat_tables(tables, promote_options="default"))
+    except pa.ArrowException as e:
+        raise DataError(f"dataset `{attr.name}`: the {builder} files in `{attr.path}` have different columns: {e}") from None
+
+
 def load_rows(attr: DatasetAttr):
     """Load a dataset's rows: `Rows` for json/jsonl/csv (every value as written), a `datasets.Dataset` for
     parquet/arrow (typed per column by the file itself). Raises DataError naming the file, line and column."""
@@ -111,13 +134,9 @@ def load_rows(attr: DatasetAttr):
         read = _json_rows if builder == "json" else _csv_rows
         ds = Rows([row for f in files for row in read(f, attr.name)])
     else:
-        from datasets import load_dataset
-
-        try:
-            ds = load_dataset(builder, data_files=files, split="train")
-        except Exception as e:  # datasets raises many types for unreadable files
-            raise DataError(f"dataset `{attr.name}`: cannot read `{attr.path}`: {type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        ds = _arrow_rows(builder, files, attr)
+    if len(ds) == 0:
+        raise DataError(f"dataset `{attr.name}`: `{attr.path}` has no rows; add rows to it or remove it from `dataset`")
     if attr.num_samples is not None:
         ds = ds.select(range(min(attr.num_samples, len(ds))))
     return ds
