@@ -21,9 +21,9 @@ WORDS = ("river stone lantern orchard copper meadow signal harbor quiet velvet e
 
 def write_corpus(path: str, size_gb: float) -> int:
     """An alpaca JSON Lines file of about `size_gb` GB (random word salad); returns its row count."""
-    if os.path.exists(path) and os.path.getsize(path) >= size_gb * 1e9 * 0.99:
-        with open(path, "rb") as fh:
-            return sum(1 for _ in fh)
+    if os.path.exists(path) and os.path.exists(path + ".rows"):
+        with open(path + ".rows") as fh:
+            return int(fh.read())
     rng, rows, written = random.Random(0), 0, 0
     with open(path + ".part", "w", encoding="utf-8") as fh:
         while written < size_gb * 1e9:
@@ -33,6 +33,8 @@ def write_corpus(path: str, size_gb: float) -> int:
             written += len(line)
             rows += 1
     os.replace(path + ".part", path)
+    with open(path + ".rows", "w") as fh:
+        fh.write(str(rows))
     return rows
 
 
@@ -57,9 +59,10 @@ def main():
                                       "save_strategy=no", "plot_loss=false"], out, ROOT, f"{size:g} GB")
         results.append({"size_gb": size, "rows": rows, "peak_rss_gib": res["peak_rss_gib"], "wall_s": wall,
                         "first_loss": steps[0]["loss"], "last_loss": steps[-1]["loss"]})
-    print(f"{'corpus':>10} {'rows':>12} {'peak RSS GiB':>13} {'wall s':>8}")
-    for r in results:
-        print(f"{r['size_gb']:>8g} GB {r['rows']:>12,} {r['peak_rss_gib']:>13.3f} {r['wall_s']:>8.1f}")
+        if len(results) == 1:
+            print(f"{'corpus':>10} {'rows':>12} {'peak RSS GiB':>13} {'wall s':>8}", flush=True)
+        r = results[-1]
+        print(f"{r['size_gb']:>8g} GB {r['rows']:>12,} {r['peak_rss_gib']:>13.3f} {r['wall_s']:>8.1f}", flush=True)
     spread = max(r["peak_rss_gib"] for r in results) - min(r["peak_rss_gib"] for r in results)
     print(" ".join(f"rss_{r['size_gb']:g}gb={r['peak_rss_gib']:.3f}" for r in results) + f" rss_spread_gib={spread:.3f}")
 
