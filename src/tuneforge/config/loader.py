@@ -3,6 +3,7 @@
 import dataclasses
 import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -366,5 +367,7 @@ def _check_training_arguments(cfg: RunConfig) -> list:
     try:
         build_training_arguments(cfg, check_only=True, args_class=stage_args_class(cfg.method.stage))
     except (ValueError, TypeError) as e:
-        return [(None, f"training arguments: {str(e).strip().splitlines()[0]}")]
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        key = next((k for k in re.findall(r"`?([a-z_][a-z0-9_]*)`?", first)[:3] if k in known_keys()), None)
+        return [(key, f"training arguments: {first}")]
     return []
