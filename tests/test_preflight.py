@@ -61,8 +61,11 @@ def test_problems_from_several_sections_come_together_with_their_keys(data_dir, 
 
 def test_an_unregistered_stage_is_a_config_error_naming_the_key_and_the_registered_ones():
     with pytest.raises(ConfigError) as e:
-        config.load(None, {"output_dir": "o", "stage": "dpo"})
-    assert e.value.problems[0].key == "stage" and "stage `dpo` is not available; choose one of sft" in str(e.value)
+        config.load(None, {"output_dir": "o", "stage": "dpoo"})
+    from tuneforge.stages.registry import STAGES
+
+    assert e.value.problems[0].key == "stage" and "stage `dpoo` is not available; did you mean `dpo`?" in str(e.value)
+    assert f"choose one of {', '.join(sorted(STAGES))}" in str(e.value)
 
 
 def test_finished_output_dir_is_not_overwritten(tmp_path, data_dir, tiny_model_dir):
