@@ -247,3 +247,20 @@ def test_the_llamafactory_pt_recipe_runs_with_only_the_model_changed(tiny_model_
     with open(tmp_path / "out" / "all_results.json") as fh:
         results = json.load(fh)
     assert results["eval_loss"] > 0 and results["train_examples"] < 300  # documents packed into fewer blocks
+
+
+def test_a_base_model_without_a_chat_template_trains_pt(tmp_path):
+    """Plain text needs no chat template: `template: auto` on a tokenizer without one is fine for pt (not for sft)."""
+    from conftest import make_model_dir, make_tokenizer
+    from tuneforge import config
+    from tuneforge.stages.common import load_tokenizer
+
+    import os
+
+    folder = make_model_dir(tmp_path / "base")
+    os.remove(os.path.join(folder, "chat_template.jinja"))
+    make_tokenizer(chat_template=None).save_pretrained(folder)
+    cfg = config.load(None, {"model_name_or_path": folder, "stage": "pt", "dataset": "x", "output_dir": "o"})
+    assert not load_tokenizer(cfg, folder).chat_template
+    with pytest.raises(Exception, match="no chat template"):
+        load_tokenizer(config.load(None, {"model_name_or_path": folder, "dataset": "x", "output_dir": "o"}), folder)

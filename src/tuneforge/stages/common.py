@@ -8,10 +8,14 @@ log = logging.getLogger(__name__)
 
 def load_tokenizer(cfg, folder: str):
     """The tokenizer of the local model `folder` with the configured chat template."""
-    from tuneforge import models
+    from tuneforge import models, stages
     from tuneforge.data import apply_template
+    from tuneforge.data.templates import TOKENIZER_OWN
 
     tokenizer = models.load_tokenizer(folder, cfg.model)
+    stage = stages.STAGES.get(cfg.method.stage)
+    if stage is not None and stage.data_kind == "text" and cfg.data.template in TOKENIZER_OWN and not tokenizer.chat_template:
+        return tokenizer  # plain text needs no chat template: a base model without one trains as it is
     apply_template(tokenizer, cfg.data.template, log)
     return tokenizer
 
