@@ -143,3 +143,38 @@ def test_an_unreadable_data_file_exits_2_naming_it(capsys, tmp_path, tiny_model_
     write_json(str(d / "dataset_info.json"), {"x": {"file_name": "x.json"}})
     rc, out, err = doctor(capsys, tiny_model_dir, str(d), "dataset=x")
     assert rc == 2 and "x.json" in err and "Traceback" not in err
+
+
+def test_preference_data_shows_the_pair_balance_and_flags_identical_replies_and_length_bias(capsys, tiny_model_dir, tmp_path):
+    rows = [{"instruction": f"Question {i}?", "chosen": f"A long, careful and complete answer number {i}.", "rejected": "No."}
+            for i in range(10)]
+    rows.append({"instruction": "Same?", "chosen": "Yes.", "rejected": "Yes."})
+    rows.append({"instruction": "Broken?", "chosen": ["x"], "rejected": "y"})
+    data = one_dataset(tmp_path, rows, {"ranking": True, "columns": {"prompt": "instruction", "chosen": "chosen", "rejected": "rejected"}})
+    rc, out, err = doctor(capsys, tiny_model_dir, data, "dataset=x", "stage=dpo")
+    assert rc == 0, err
+    assert "rows: 11 usable, 1 bad" in out and "row 11:" in out
+    assert "pairs: 11; chosen longer in 10, rejected longer in 0" in out and "1 with identical replies" in out
+    assert "may learn length instead of quality" in out
+    assert "chosen:   [[A long, careful and complete answer number 0.]]" in out
+    rc, out, _ = doctor(capsys, tiny_model_dir, data, "dataset=x", "stage=dpo", json_out=True)
+    balance = json.loads(out)["datasets"][0]["balance"]
+    assert balance["pairs"] == 11 and balance["identical_replies"] == 1 and balance["chosen_longer"] == 10
+
+
+def test_kto_data_shows_desirable_and_undesirable_counts(capsys, tiny_model_dir, tmp_path):
+    rows = [{"instruction": f"Q{i}?", "output": f"A{i}.", "kto_tag": True} for i in range(6)]
+    data = one_dataset(tmp_path, rows, {"columns": {"prompt": "instruction", "response": "output", "kto_tag": "kto_tag"}})
+    rc, out, err = doctor(capsys, tiny_model_dir, data, "dataset=x", "stage=kto")
+    assert rc == 0, err
+    assert "labels: 6 desirable, 0 undesirable -- only one kind: KTO needs both" in out
+    assert "[[A0.]]  (desirable)" in out
+
+
+def test_plain_text_data_for_pt_shows_documents_and_blocks(capsys, tiny_model_dir, tmp_path):
+    rows = [{"text": "hello world " * (8 * (i + 1))} for i in range(6)] + [{"text": ""}, {"text": 5}]
+    data = one_dataset(tmp_path, rows, {"columns": {"prompt": "text"}})
+    rc, out, err = doctor(capsys, tiny_model_dir, data, "dataset=x", "stage=pt", "cutoff_len=16")
+    assert rc == 0, err
+    assert "rows: 6 usable, 1 bad" in out and "documents: 6 (1 empty rows skipped)" in out and "row 7:" in out
+    assert "blocks of cutoff_len 16" in out and "longer than cutoff_len are split into pieces" in out

@@ -93,7 +93,7 @@ def cmd_estimate(args: list[str]) -> int:
     from tuneforge.memory import GIB, describe, device_memory, parse_size
     from tuneforge.memory.api import input_from_config, shape_of
     from tuneforge.memory.estimate import SHARDINGS
-    from tuneforge.memory.fit import render, search
+    from tuneforge.memory.fit import render, search, stage_memory
     from tuneforge.train import checkpointing
 
     path, overrides = _split_args(args)
@@ -142,7 +142,8 @@ def cmd_estimate(args: list[str]) -> int:
     from tuneforge.memory.estimate import estimate_shape
 
     shape = shape_of(cfg.model.model_name_or_path, cfg.model.cache_dir)
-    report = estimate_shape(shape, x, own["convention"])
+    adjust = stage_memory(cfg)  # the stage's rows and copies (a preference pair's two rows, a reference model)
+    report = estimate_shape(shape, adjust(x) if adjust else x, own["convention"])
     if own["fit"] is not None:
         if own["fit"] in ("auto", "true", ""):
             budget = device_memory()[0]
@@ -152,7 +153,7 @@ def cmd_estimate(args: list[str]) -> int:
             except ValueError:
                 raise ConfigError([f"--fit takes a size such as 24GiB, 80GB or auto (got {own['fit']})"]) from None
         effective = x.batch * int(cfg.train.get("gradient_accumulation_steps", 1))
-        fits = search(shape, x, budget, effective)
+        fits = search(shape, x, budget, effective, adjust=adjust)
         if own["json"] is not None:
             print(json.dumps({"budget_gib": round(budget / GIB, 3), "fits": [
                 {"name": f.name, "yaml": f.yaml(), "speed": round(f.speed, 3), **f.report.to_dict()} for f in fits]}))
@@ -300,7 +301,10 @@ def cmd_data(args: list[str]) -> int:
     json_out = any(item.partition("=")[0] == "json" for item in overrides)
     cfg = config.load(path, [item for item in overrides if item.partition("=")[0] != "json"], purpose="infer")
     cfg = config.resolve(cfg, quiet=True)
-    report = doctor.run(cfg)
+    from tuneforge import stages
+
+    stage = stages.STAGES.get(cfg.method.stage)
+    report = doctor.run(cfg, kind=stage.data_kind if stage else "supervised")
     print(json.dumps(report) if json_out else doctor.render(report))
     error = doctor.failure(report)
     if error is not None:

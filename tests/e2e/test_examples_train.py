@@ -21,6 +21,8 @@ SHORT = ["max_steps=2", "logging_steps=1", "save_strategy=no", "disable_tqdm=tru
 ADAPTER, MODEL = "adapter_model.safetensors", "model.safetensors"
 
 RECIPES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "examples", "*.yaml")))
+# recipes that read another recipe's output: recipe -> (the recipe trained first, the key that names its output)
+NEEDS = {"ppo_lora.yaml": ("rm_lora.yaml", "reward_model")}
 
 
 def weights_of(recipe: str) -> str:
@@ -40,7 +42,12 @@ def test_recipe_trains(recipe, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = str(tmp_path / "run")
     start = time.perf_counter()
-    rc = main(["train", f"examples/{recipe}", f"output_dir={out}", *SHORT])
+    given = []
+    if recipe in NEEDS:
+        first, key = NEEDS[recipe]
+        assert main(["train", f"examples/{first}", f"output_dir={tmp_path / 'first'}", *SHORT]) == 0
+        given = [f"{key}={tmp_path / 'first'}"]
+    rc = main(["train", f"examples/{recipe}", f"output_dir={out}", *SHORT, *given])
     print(f"{recipe}: {time.perf_counter() - start:.1f}s")
     assert rc == 0
     saved = sorted(os.listdir(out))

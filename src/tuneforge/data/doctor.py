@@ -2,7 +2,9 @@
 
 For each dataset: the registry entry and file it resolves to, its rows, bad rows grouped by reason (first examples
 with their row numbers), sharegpt role tags found against the configured ones, token lengths against cutoff_len,
-and the first examples rendered through the chat template with the supervised tokens marked `[[...]]`."""
+and the first examples rendered through the chat template with the supervised tokens marked `[[...]]`. For preference
+data (stages dpo, rm) and KTO data, the balance instead: identical replies, which side is longer, desirable against
+undesirable rows."""
 
 import os
 import re
@@ -14,6 +16,7 @@ EXAMPLES_PER_REASON = 3
 RENDERED_EXAMPLES = 2
 OPEN, CLOSE, CUT = "[[", "]]", "<<cutoff_len>>"
 NO_LIMIT = 1 << 40
+MEASURED_PAIRS = 2000  # pairs whose token lengths are measured for the balance
 
 
 def _reason(message: str) -> str:
@@ -114,7 +117,77 @@ def check_dataset(attr, data_cfg, tokenizer) -> dict:
     return entry
 
 
-def run(cfg) -> dict:
+def check_preference(attr, data_cfg, tokenizer, kind: str) -> dict:
+    """The report of one preference (`pairwise`) or KTO (`unpaired`) dataset: rows, bad rows, the balance (pairs whose
+    replies are the same, how often the chosen reply is the longer one; desirable against undesirable rows), token
+    lengths and the first examples rendered."""
+    from types import SimpleNamespace
+
+    from tuneforge.data import preference
+    from tuneforge.data.templates import render as template_render
+
+    entry = {"name": attr.name, "file": attr.path, "format": attr.formatting, "rows": 0, "usable": 0, "kind": kind}
+    one = SimpleNamespace(**{**vars(data_cfg), "dataset": [attr.name], "strict": False})
+    try:
+        rows, stats = (preference.load_pairs if kind == "pairwise" else preference.load_unpaired)(one)
+    except DataError as e:
+        return {**entry, "error": str(e)}
+    st = stats[attr.name]
+    bad = [(i, m) for i, m in st.get("bad_rows", [])]
+    entry.update(rows=st["rows"], usable=st["rows"] - st["skipped"], bad=st["skipped"], bad_reasons=_bad_rows(bad),
+                 format=attr.formatting)
+    if kind == "pairwise":
+        encoded = [preference.encode_pair(tokenizer, r["prompt"], r["chosen"], r["rejected"], NO_LIMIT)
+                   for r in rows.select(range(min(len(rows), MEASURED_PAIRS)))]
+        lengths = [(len(e["chosen_ids"]), len(e["rejected_ids"])) for e in encoded]
+        same = sum(1 for r in rows if r["chosen"].strip() == r["rejected"].strip())
+        entry["balance"] = {"pairs": len(rows), "identical_replies": same,
+                            "chosen_longer": sum(1 for c, r in lengths if c > r), "rejected_longer": sum(1 for c, r in lengths if r > c),
+                            "median_chosen_tokens": statistics.median(c for c, _ in lengths),
+                            "median_rejected_tokens": statistics.median(r for _, r in lengths)}
+        shown = [{"row": i, "text": render_pair(tokenizer, r)} for i, r in enumerate(rows.select(range(min(len(rows), RENDERED_EXAMPLES))))]
+    else:
+        desirable = sum(1 for x in rows["label"] if x)
+        entry["balance"] = {"desirable": desirable, "undesirable": len(rows) - desirable}
+        shown = [{"row": i, "text": template_render(tokenizer, r["prompt"], add_generation_prompt=True) + f"{OPEN}{r['completion']}{CLOSE}"
+                  + ("  (desirable)" if r["label"] else "  (undesirable)")}
+                 for i, r in enumerate(rows.select(range(min(len(rows), RENDERED_EXAMPLES))))]
+    entry["examples"] = shown
+    return entry
+
+
+def check_text(attr, data_cfg, tokenizer) -> dict:
+    """The report of one plain-text dataset (stage pt): documents, empty and bad rows, token lengths of the documents
+    (each with its EOS), how many blocks of cutoff_len they fill, and the first documents."""
+    from tuneforge.data import text
+
+    entry = {"name": attr.name, "file": attr.path, "format": "text", "rows": 0, "usable": 0, "kind": "text"}
+    try:
+        rows = text.load_text_rows(attr)
+        if data_cfg.max_samples is not None:
+            rows = rows.select(range(min(data_cfg.max_samples, len(rows))))
+        docs, st = text.to_documents(rows, attr, False)
+    except DataError as e:
+        return {**entry, "error": str(e)}
+    bad = [(int(st["first_skipped"].split(":")[0].split()[1]), st["first_skipped"].split(": ", 1)[1])] if st["skipped"] else []
+    entry.update(rows=st["rows"], usable=st["documents"], bad=st["skipped"], empty=st["empty"], bad_reasons=_bad_rows(bad))
+    sizes = [len(tokenizer(d, add_special_tokens=True)["input_ids"]) + 1 for d in docs]
+    entry["documents"] = {"count": len(docs), "tokens": sum(sizes), "min": min(sizes), "median": statistics.median(sizes),
+                          "max": max(sizes), "longer_than_cutoff": sum(1 for n in sizes if n > data_cfg.cutoff_len),
+                          "blocks_at_least": -(-sum(sizes) // data_cfg.cutoff_len)}
+    entry["examples"] = [{"row": i, "text": d[:400] + ("..." if len(d) > 400 else "")} for i, d in enumerate(docs[:RENDERED_EXAMPLES])]
+    return entry
+
+
+def render_pair(tokenizer, row) -> str:
+    """A pair as training sees it: the prompt through the chat template, then each reply marked."""
+    from tuneforge.data.templates import render as template_render
+
+    return (template_render(tokenizer, row["prompt"], add_generation_prompt=True) + f"\n  chosen:   {OPEN}{row['chosen']}{CLOSE}"
+            + f"\n  rejected: {OPEN}{row['rejected']}{CLOSE}")
+
+
+def run(cfg, kind: str = "supervised") -> dict:
     """Check the config's datasets with the tokenizer alone. Raises DataError/ConfigError when the config cannot be
     checked at all (registry, files, model path); an unreadable dataset is in the report with its `error`."""
     from tuneforge import preflight
@@ -128,7 +201,12 @@ def run(cfg) -> dict:
     attrs = registry.resolve(data.dataset, data.dataset_dir)
     tokenizer = load_tokenizer_only(cfg.model, cache_root(cfg.model.cache_dir))
     template = apply_template(tokenizer, data.template)
-    datasets = [check_dataset(attr, data, tokenizer) for attr in attrs]
+    if kind in ("pairwise", "unpaired"):
+        datasets = [check_preference(attr, data, tokenizer, kind) for attr in attrs]
+    elif kind == "text":
+        datasets = [check_text(attr, data, tokenizer) for attr in attrs]
+    else:
+        datasets = [check_dataset(attr, data, tokenizer) for attr in attrs]
     return {"model": cfg.model.model_name_or_path, "template": data.template if template != "tokenizer" else f"{data.template} "
             "(the tokenizer's own)", "cutoff_len": data.cutoff_len, "train_on_prompt": data.train_on_prompt,
             "mask_history": data.mask_history, "max_samples": data.max_samples, "datasets": datasets,
@@ -165,6 +243,27 @@ def render(report: dict) -> str:
                 out.append(f"  UNKNOWN role tags: {', '.join(roles['unknown'])} (set `tags` for this dataset in dataset_info.json)")
         if d.get("tools"):
             out.append(f"  tool calling: {d['tools']}")
+        n = d.get("documents")
+        if n:
+            out.append(f"  documents: {n['count']} ({d['empty']} empty rows skipped); tokens with EOS: min {n['min']}, median "
+                       f"{n['median']:g}, max {n['max']}, total {n['tokens']}: at least {n['blocks_at_least']} blocks of "
+                       f"cutoff_len {report['cutoff_len']}" + (f"; {n['longer_than_cutoff']} documents longer than cutoff_len "
+                                                              f"are split into pieces" if n["longer_than_cutoff"] else ""))
+        b = d.get("balance")
+        if b and "pairs" in b:
+            out.append(f"  pairs: {b['pairs']}; chosen longer in {b['chosen_longer']}, rejected longer in {b['rejected_longer']} "
+                       f"(median {b['median_chosen_tokens']:g} vs {b['median_rejected_tokens']:g} tokens)"
+                       + (f"; {b['identical_replies']} with identical replies (they teach nothing)" if b["identical_replies"] else ""))
+            if b["pairs"] and max(b["chosen_longer"], b["rejected_longer"]) > 0.9 * b["pairs"]:
+                out.append("  note: one side is almost always the longer one; the model may learn length instead of quality")
+        elif b:
+            out.append(f"  labels: {b['desirable']} desirable, {b['undesirable']} undesirable"
+                       + (" -- only one kind: KTO needs both" if not (b["desirable"] and b["undesirable"]) else ""))
+        if "examples" in d and "lengths" not in d:
+            for ex in d["examples"]:
+                out.append(f"  -- row {ex['row']}:")
+                out += [f"  | {line}" for line in ex["text"].splitlines()]
+            continue
         if "lengths" not in d:
             continue
         n = d["lengths"]

@@ -1,11 +1,13 @@
 """`--fit`: search method, quantization, micro-batch, gradient accumulation and checkpointing (none, every 4th or
 2nd layer, every layer) for the fastest configurations whose estimate fits a memory budget. The configurations
 come from the method registry: each method's `fit` entries (label, settings, speed per token relative to LoRA,
-measured by benchmarks/methods.py); methods without a memory hook are skipped."""
+measured by benchmarks/methods.py); methods without a memory hook are skipped. The stage's memory hook, when given
+(`stage_memory(cfg)`), turns each candidate into what the stage runs before it is estimated."""
 
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
 from tuneforge.memory.estimate import EstimateInput, MemoryReport, estimate_shape
@@ -96,10 +98,28 @@ def _candidate_input(base: EstimateInput, c: Candidate, varied: set[str]) -> tup
     return x, shown
 
 
-def search(shape: ModelShape, base: EstimateInput, budget: float, effective_batch: int | None = None, top: int = 5) -> list[Fit]:
+def stage_memory(cfg) -> Callable[[EstimateInput], EstimateInput] | None:
+    """The config's stage memory hook bound to it (None when the stage has none), for `search(adjust=...)`: each
+    candidate is estimated as the stage runs it (a preference pair's two rows, a reference copy unless the
+    candidate's method is an adapter, generation buffers)."""
+    from tuneforge.stages.registry import STAGES
+
+    stage = STAGES.get(cfg.method.stage)
+    if stage is None or stage.memory is None:
+        return None
+    return lambda x: stage.memory(x, cfg)
+
+
+def search(shape: ModelShape, base: EstimateInput, budget: float, effective_batch: int | None = None, top: int = 5,
+           adjust: Callable[[EstimateInput], EstimateInput] | None = None) -> list[Fit]:
     """The fastest fitting configurations, best first, one per method configuration (each registered method's
     `fit` entries): for each checkpointing setting the largest micro-batch (a power of two up to the effective batch)
-    that fits, accumulation making up the rest; the configuration's fastest of those is kept."""
+    that fits, accumulation making up the rest; the configuration's fastest of those is kept.
+
+    Args:
+        base: the run's input in config terms (per_device_train_batch_size rows), before any stage hook.
+        adjust: the stage's memory hook (`stage_memory(cfg)`), applied to every candidate before it is estimated;
+            the configurations keep the config's terms (their YAML is what the user writes)."""
     effective = effective_batch or base.batch
     micro_sizes = [2**k for k in range(int(math.log2(max(1, effective))) + 1)][::-1]
     cands = candidates()
@@ -112,7 +132,7 @@ def search(shape: ModelShape, base: EstimateInput, budget: float, effective_batc
             for micro in micro_sizes:
                 x = replace(x0, gradient_checkpointing=every > 0, checkpoint_every=max(1, every), batch=micro,
                             grad_accum=max(1, effective // micro))
-                report = estimate_shape(shape, x)
+                report = estimate_shape(shape, adjust(x) if adjust else x)
                 if not report.known:
                     break
                 if report.total <= budget:

@@ -73,9 +73,12 @@ def lora_config_from(sec: LoraSection, model):
                                  f"its linear layers are: {', '.join(available)} (or use `all`)")
         targets = list(sec.lora_target)
     init = (f"pissa_niter_{sec.pissa_iter}" if sec.pissa_iter >= 0 else "pissa") if sec.pissa_init else True
+    # a sequence classifier (stage rm's reward model): peft's SEQ_CLS task trains and saves its score head too
+    seq_cls = type(model).__name__.endswith("ForSequenceClassification")
     return LoraConfig(
-        task_type=TaskType.CAUSAL_LM, r=sec.lora_rank, lora_alpha=sec.lora_alpha or 2 * sec.lora_rank,
-        lora_dropout=sec.lora_dropout, target_modules=targets, modules_to_save=sec.additional_target,
+        task_type=TaskType.SEQ_CLS if seq_cls else TaskType.CAUSAL_LM, r=sec.lora_rank, lora_alpha=sec.lora_alpha or 2 * sec.lora_rank,
+        lora_dropout=sec.lora_dropout, target_modules=targets,
+        modules_to_save=list(sec.additional_target) if sec.additional_target else None,  # peft extends it in place
         use_dora=sec.use_dora, use_rslora=sec.use_rslora, init_lora_weights=init,
     )
 

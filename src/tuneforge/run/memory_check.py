@@ -93,14 +93,14 @@ def check(cfg, folder: str, stats: dict | None, events=None):
         events.emit("memory", known=True, total_gib=round(report.total / GIB, 3), available_gib=round(available / GIB, 3),
                     batch=batch.what)
     if cfg.method.memory_check and report.total > REFUSE_ABOVE * available:
-        from tuneforge.memory.fit import render, search
+        from tuneforge.memory.fit import render, search, stage_memory
 
         from dataclasses import replace
 
         # --fit searches micro-batches of examples: give it the batch as rows of the longest example
         rows = replace(x, batch=batch.examples, seq=batch.longest, attention_seq=None)
         effective = batch.examples * int(cfg.train.get("gradient_accumulation_steps", 1))
-        advice = render(search(shape, rows, available, effective, top=3), available)
+        advice = render(search(shape, rows, available, effective, top=3, adjust=stage_memory(cfg)), available)
         raise TuneforgeError(f"this run needs about {report.total / GIB:.1f} GiB (activations {report.activations / GIB:.2f}) "
                              f"for its largest batch ({batch.what}) but {available / GIB:.1f} GiB of {what} is available.\n"
                              f"{advice}\n(set memory_check: false to start anyway)", key="memory_check")
