@@ -22,8 +22,6 @@ def load_conversations(data_cfg, attrs=None):
 
     Returns (Dataset, stats) where stats has per-dataset row counts and skipped rows.
     """
-    from datasets import concatenate_datasets, interleave_datasets
-
     attrs = attrs or registry.resolve(data_cfg.dataset, data_cfg.dataset_dir)
     parts, stats = [], {}
     for attr in attrs:
@@ -33,14 +31,20 @@ def load_conversations(data_cfg, attrs=None):
         converted, st = to_messages(ds, attr, data_cfg.strict, log)
         parts.append(converted)
         stats[attr.name] = st
+    return mix(parts, data_cfg), stats
+
+
+def mix(parts: list, data_cfg):
+    """Several datasets (in-memory or streamed) as one, by `mix_strategy`: concat, or interleaved with
+    `interleave_probs` until the first (interleave_under) or every (interleave_over) dataset is exhausted."""
+    from datasets import concatenate_datasets, interleave_datasets
+
     if len(parts) == 1:
-        mixed = parts[0]
-    elif data_cfg.mix_strategy == "concat":
-        mixed = concatenate_datasets(parts)
-    else:
-        stopping = "first_exhausted" if data_cfg.mix_strategy == "interleave_under" else "all_exhausted"
-        mixed = interleave_datasets(parts, probabilities=data_cfg.interleave_probs, seed=data_cfg.seed, stopping_strategy=stopping)
-    return mixed, stats
+        return parts[0]
+    if data_cfg.mix_strategy == "concat":
+        return concatenate_datasets(parts)
+    stopping = "first_exhausted" if data_cfg.mix_strategy == "interleave_under" else "all_exhausted"
+    return interleave_datasets(parts, probabilities=data_cfg.interleave_probs, seed=data_cfg.seed, stopping_strategy=stopping)
 
 
 def split(ds, val_size: float, seed: int) -> dict:

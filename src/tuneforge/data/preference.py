@@ -12,7 +12,7 @@ from tuneforge.data.cache import tokenizer_fingerprint
 from tuneforge.data.errors import DataError
 from tuneforge.data.formats import _tags, _text, alpaca_to_messages, detect_format, sharegpt_to_messages
 from tuneforge.data.loaders import load_rows
-from tuneforge.data.pipeline import LONGEST_KEPT, split
+from tuneforge.data.pipeline import LONGEST_KEPT, mix, split
 from tuneforge.data.templates import render
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def _convert(rows, attr, kind: str, strict: bool) -> tuple[list[dict], dict]:
 
 def _load(data_cfg, kind: str):
     """Every training dataset as `kind` rows ("pairwise" or "unpaired"), mixed as data_cfg says; stats per dataset."""
-    from datasets import Dataset, concatenate_datasets, interleave_datasets
+    from datasets import Dataset
 
     parts, stats = [], {}
     for attr in registry.resolve(data_cfg.dataset, data_cfg.dataset_dir):
@@ -156,13 +156,7 @@ def _load(data_cfg, kind: str):
         _check_columns(attr, rows.column_names, ("chosen", "rejected") if attr.ranking else ("kto_tag", *reply))
         converted, stats[attr.name] = _convert(rows, attr, kind, data_cfg.strict)
         parts.append(Dataset.from_list(converted))
-    if len(parts) == 1:
-        return parts[0], stats
-    if data_cfg.mix_strategy == "concat":
-        return concatenate_datasets(parts), stats
-    stopping = "first_exhausted" if data_cfg.mix_strategy == "interleave_under" else "all_exhausted"
-    return interleave_datasets(parts, probabilities=data_cfg.interleave_probs, seed=data_cfg.seed,
-                               stopping_strategy=stopping), stats
+    return mix(parts, data_cfg), stats
 
 
 def load_pairs(data_cfg):

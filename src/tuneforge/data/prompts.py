@@ -11,7 +11,7 @@ from tuneforge.data import cache, registry
 from tuneforge.data.errors import DataError
 from tuneforge.data.formats import _tags, _text, alpaca_to_messages, detect_format, sharegpt_to_messages
 from tuneforge.data.loaders import load_rows
-from tuneforge.data.pipeline import LONGEST_KEPT, split
+from tuneforge.data.pipeline import LONGEST_KEPT, mix, split
 from tuneforge.data.templates import render
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,6 @@ def load_prompts(data_cfg, attrs=None):
     dataset's own `answer` column, else None) and the dataset's other columns as written; stats per dataset (rows,
     skipped, first_skipped).
     """
-    from datasets import concatenate_datasets, interleave_datasets
-
     attrs = attrs or registry.resolve(data_cfg.dataset, data_cfg.dataset_dir)
     parts, stats = [], {}
     for attr in attrs:
@@ -128,14 +126,7 @@ def load_prompts(data_cfg, attrs=None):
             ds = ds.select(range(min(data_cfg.max_samples, len(ds))))
         converted, stats[attr.name] = _convert(ds, attr, data_cfg.strict)
         parts.append(converted)
-    if len(parts) == 1:
-        return parts[0], stats
-    parts = _aligned(parts)
-    if data_cfg.mix_strategy == "concat":
-        return concatenate_datasets(parts), stats
-    stopping = "first_exhausted" if data_cfg.mix_strategy == "interleave_under" else "all_exhausted"
-    return interleave_datasets(parts, probabilities=data_cfg.interleave_probs, seed=data_cfg.seed,
-                               stopping_strategy=stopping), stats
+    return mix(_aligned(parts) if len(parts) > 1 else parts, data_cfg), stats
 
 
 def _aligned(parts: list) -> list:

@@ -142,7 +142,9 @@ def build(data_cfg, tokenizer) -> tuple[dict, dict]:
     Raises:
         DataError: a dataset cannot be streamed (file type, columns), naming it and the fix.
     """
-    from datasets import Dataset, IterableDataset, interleave_datasets
+    from datasets import Dataset, IterableDataset
+
+    from tuneforge.data.pipeline import mix
 
     attrs = registry.resolve(data_cfg.dataset, data_cfg.dataset_dir)
     for attr in attrs:
@@ -162,13 +164,7 @@ def build(data_cfg, tokenizer) -> tuple[dict, dict]:
     def stream(attr):
         return IterableDataset.from_generator(lambda: examples(attr, data_cfg, tokenizer, counts[attr.name]))
 
-    parts = [stream(a) for a in attrs]
-    if len(parts) == 1:
-        train = parts[0]
-    else:
-        stopping = "first_exhausted" if data_cfg.mix_strategy == "interleave_under" else "all_exhausted"
-        probs = data_cfg.interleave_probs if data_cfg.mix_strategy != "concat" else None
-        train = interleave_datasets(parts, probabilities=probs, seed=data_cfg.seed, stopping_strategy=stopping)
+    train = mix([stream(a) for a in attrs], data_cfg)
     out: dict = {}
     if data_cfg.val_size:
         held = int(data_cfg.val_size)

@@ -13,7 +13,7 @@ from tuneforge.data import cache, registry
 from tuneforge.data.errors import DataError
 from tuneforge.data.formats import _text
 from tuneforge.data.loaders import Rows, _text_of, data_files, load_rows
-from tuneforge.data.pipeline import LONGEST_KEPT, split
+from tuneforge.data.pipeline import LONGEST_KEPT, mix, split
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +94,6 @@ def to_documents(rows, attr: registry.DatasetAttr, strict: bool) -> tuple[list[s
     return texts, {"rows": len(rows), "documents": len(texts), "empty": empty, "skipped": bad, "first_skipped": first_bad}
 
 
-def _mix(parts: list, data_cfg):
-    """Several datasets as one, by `mix_strategy` (as the SFT pipeline mixes them)."""
-    from datasets import concatenate_datasets, interleave_datasets
-
-    if len(parts) == 1:
-        return parts[0]
-    if data_cfg.mix_strategy == "concat":
-        return concatenate_datasets(parts)
-    stopping = "first_exhausted" if data_cfg.mix_strategy == "interleave_under" else "all_exhausted"
-    return interleave_datasets(parts, probabilities=data_cfg.interleave_probs, seed=data_cfg.seed, stopping_strategy=stopping)
-
-
 def load_documents(data_cfg, attrs):
     """Every dataset's documents (at most max_samples rows each), mixed: (Dataset with a `text` column, stats)."""
     from datasets import Dataset
@@ -117,7 +105,7 @@ def load_documents(data_cfg, attrs):
             rows = rows.select(range(min(data_cfg.max_samples, len(rows))))
         texts, stats[attr.name] = to_documents(rows, attr, data_cfg.strict)
         parts.append(Dataset.from_dict({TEXT_COLUMN: texts}))
-    return _mix(parts, data_cfg), stats
+    return mix(parts, data_cfg), stats
 
 
 # ---------------------------------------------------------------- documents -> tokens -> blocks
