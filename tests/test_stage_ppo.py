@@ -182,7 +182,7 @@ def test_the_shared_reward_scores_as_the_reward_folder_does_on_its_own(tiny_mode
     trainer = run.build(ppo_cfg(tiny_model_dir, data, tmp_path / "run", reward_dir)).trainer
     convs = [[{"role": "user", "content": p["instruction"]}, {"role": "assistant", "content": reply}]
              for p in PROMPTS[:3] for reply in ("Red.", "It is a long story about many things.")]
-    shared = trainer.reward_fn(convs)
+    shared = trainer.reward.score(convs)
     alone = load_reward_model(reward_dir).score(convs)
     assert shared == pytest.approx(alone, abs=1e-5)
     assert max(alone) - min(alone) > 1e-3  # the scores differ, so equality means something

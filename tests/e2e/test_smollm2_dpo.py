@@ -54,20 +54,29 @@ def base_scores():
     return held_out_scores()
 
 
+# half of a recipe's epoch (6 of its 12 steps, 24 pairs or rows) keeps each test short; the recipe is otherwise as shipped
+SHORT = ["max_steps=6", "disable_tqdm=true"]
+
+
 def train(recipe: str, out: str, *overrides: str) -> float:
     cwd = os.getcwd()
     os.chdir(ROOT)
     start = time.perf_counter()
     try:
-        assert main(["train", f"examples/{recipe}", f"output_dir={out}", "disable_tqdm=true", *overrides]) == 0
+        assert main(["train", f"examples/{recipe}", f"output_dir={out}", *SHORT, *overrides]) == 0
     finally:
         os.chdir(cwd)
     return time.perf_counter() - start
 
 
-@pytest.mark.parametrize("loss,recipe,overrides", [("sigmoid", "dpo_lora.yaml", []), ("orpo", "orpo_lora.yaml", []),
-                                                    ("simpo", "dpo_lora.yaml", ["pref_loss=simpo"])])
-def test_preference_training_raises_the_held_out_margin(base_scores, tmp_path, loss, recipe, overrides):
+# (loss, recipe, overrides, least rise of the held-out margin in nats). ORPO's own SFT term also lifts the rejected
+# replies' tokens, so its margin moves less in 6 steps (measured: DPO +12.0, SimPO +12.1, ORPO +5.1).
+CASES = [("sigmoid", "dpo_lora.yaml", [], 8.0), ("orpo", "orpo_lora.yaml", [], 3.0),
+         ("simpo", "dpo_lora.yaml", ["pref_loss=simpo"], 8.0)]
+
+
+@pytest.mark.parametrize("loss,recipe,overrides,rise", CASES, ids=[c[0] for c in CASES])
+def test_preference_training_raises_the_held_out_margin(base_scores, tmp_path, loss, recipe, overrides, rise):
     out = str(tmp_path / loss)
     seconds = train(recipe, out, *overrides)
     after = held_out_scores(out)
@@ -75,7 +84,7 @@ def test_preference_training_raises_the_held_out_margin(base_scores, tmp_path, l
     print(f"{loss}: held-out margin {before_margin:.2f} -> {after_margin:.2f} nats; "
           f"rejected log-prob {sum(r for _, r in base_scores) / len(base_scores):.2f} -> {sum(r for _, r in after) / len(after):.2f}; "
           f"trained in {seconds:.0f}s")
-    assert after_margin > before_margin + 5.0
-    assert sum(c > r for c, r in after) >= sum(c > r for c, r in base_scores)  # no held-out pair flips the wrong way
+    assert after_margin > before_margin + rise
+    assert sum(c > r for c, r in after) >= sum(c > r for c, r in base_scores)  # no fewer held-out pairs prefer the chosen reply
     with open(os.path.join(out, "all_results.json")) as fh:
         assert json.load(fh)["train_loss"] > 0

@@ -41,15 +41,15 @@ def unique_parameter_values(*modules) -> int:
     return sum(seen.values())
 
 
-def _rss() -> int:
+def _status(key: str) -> int:
+    """VmRSS (resident now) or VmHWM (peak resident) of this process, in bytes."""
     with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS"))
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith(key))
 
 
 def worker(out: str, reward: str) -> None:
     """The PPO run in a fresh process (see ppo_run); prints one JSON line of facts."""
     import gc
-    import resource
 
     import peft  # noqa: F401  everything imported before the baseline, as benchmarks/estimator_accuracy.py measures
     import trl  # noqa: F401
@@ -58,7 +58,7 @@ def worker(out: str, reward: str) -> None:
     from tuneforge.memory.shapes import load_shape
     from tuneforge.run.memory_check import estimate_for, largest_batch
 
-    baseline = _rss()
+    baseline = _status("VmRSS")
     prepared = run.build(config.load("examples/ppo_lora.yaml", [f"output_dir={out}", f"reward_model={reward}", "disable_tqdm=true"]))
     trainer = prepared.trainer
     base = trainer.model.get_base_model()
@@ -68,16 +68,18 @@ def worker(out: str, reward: str) -> None:
              "values": unique_parameter_values(trainer.model, trainer.value_head),
              "base": base.num_parameters() - sum(p.numel() for n, p in trainer.model.named_parameters() if "lora_" in n),
              "base_bytes": sum(p.numel() * p.element_size() for n, p in base.named_parameters() if "lora_" not in n),
-             "estimate": report.total, "eval_before": trainer.evaluate()["eval_reward"]}
+             "estimate": report.total, "built": _status("VmHWM") - baseline, "eval_before": trainer.evaluate()["eval_reward"]}
+    facts["evaluated"] = _status("VmHWM") - baseline
     facts["metrics"] = run.train_and_save(prepared)
-    facts["above_baseline"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+    facts["above_baseline"] = _status("VmHWM") - baseline
     print("FACTS " + json.dumps(facts))
 
 
 @pytest.fixture(scope="module")
 def ppo_run(reward_dir, tmp_path_factory):
-    """The recipe as it is, in a fresh process (its peak RSS is the run's alone) with glibc's mmap threshold fixed, as
-    benchmarks/estimator_accuracy.py runs (otherwise freed tensors stay in the heap and the peak varies by ~0.5 GiB)."""
+    """The recipe as it is, in a fresh process with glibc's mmap threshold fixed, as benchmarks/estimator_accuracy.py
+    runs (otherwise freed tensors stay in the heap and the peak varies by ~0.5 GiB). The peak is VmHWM, which exec
+    resets; getrusage's ru_maxrss would still hold this pytest process's size from the fork."""
     out = str(tmp_path_factory.mktemp("ppo") / "run")
     start = time.perf_counter()
     code = f"import sys; sys.path[:0] = [{HERE!r}]; import test_smollm2_ppo as t; t.worker({out!r}, {reward_dir!r})"

@@ -8,6 +8,7 @@ classifier, or an adapter on its own base) as a separate model; a policy without
 a separate frozen reference copy. PPO settings keep LLaMA-Factory's names and defaults."""
 
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -45,7 +46,8 @@ def check_settings(cfg) -> None:
 
     Raises:
         ConfigError: reward_model missing; ppo_epochs, ppo_buffer_size or ppo_target out of range; reward_model_type
-            lora without finetuning_type lora; prefix/prompt tuning; pissa_init; resume_from_checkpoint.
+            lora without finetuning_type lora; prefix/prompt tuning; pissa_init; resume_from_checkpoint; several
+            processes.
     """
     from tuneforge.config import ConfigError
 
@@ -69,6 +71,9 @@ def check_settings(cfg) -> None:
     if method == "lora" and lora.pissa_init:
         problems.append(("pissa_init", "pissa_init rewrites the base weights, which stage ppo shares with the reference "
                                        "and the reward adapter; drop pissa_init"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        problems.append((None, "stage ppo runs in one process (its loop does not synchronise gradients across processes); "
+                               "launch it without torchrun or accelerate"))
     if cfg.output.resume_from_checkpoint:
         problems.append(("resume_from_checkpoint", "stage ppo cannot resume yet (the KL coefficient and score statistics are "
                                                    "not checkpointed); remove resume_from_checkpoint to start a new run"))
@@ -133,15 +138,16 @@ def load_model(cfg, folder: str):
     return load_policy(cfg, folder)
 
 
-def _reward_scorer(cfg, model):
-    """scores(conversations) -> list[float]: the reward adapter on the policy's base, or a separate reward model."""
+def _reward(cfg, model):
+    """The reward adapter on the policy's base (SharedReward), or a separate reward model (RewardModel); both score
+    conversations."""
     from tuneforge.models.reward import SharedReward, load_reward_model, reward_tokenizer
 
     path = cfg.train.get("reward_model")
     cutoff = cfg.data.cutoff_len + cfg.generation.max_new_tokens
     if cfg.train.get("reward_model_type", "lora") == "lora":
-        return SharedReward(model, path, reward_tokenizer(path), cutoff).score
-    return load_reward_model(path, cutoff_len=cutoff).score
+        return SharedReward(model, path, reward_tokenizer(path), cutoff)
+    return load_reward_model(path, cutoff_len=cutoff)
 
 
 def _reference(cfg, model):
@@ -163,13 +169,13 @@ def generation_config(cfg, tokenizer, model):
     from transformers import GenerationConfig
 
     g = cfg.generation
-    eos = {tokenizer.eos_token_id, *([model.generation_config.eos_token_id] if isinstance(model.generation_config.eos_token_id, int)
-                                    else model.generation_config.eos_token_id or [])}
+    configured = model.generation_config.eos_token_id  # the model's own end tokens (an int or a list) besides the tokenizer's
+    eos = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])} - {None}
     sample = g.temperature > 0
     return GenerationConfig(max_new_tokens=g.max_new_tokens, do_sample=sample, temperature=g.temperature if sample else None,
                             top_p=g.top_p if sample else None, top_k=(g.top_k or None) if sample else None,
                             repetition_penalty=g.repetition_penalty, pad_token_id=tokenizer.pad_token_id,
-                            eos_token_id=sorted(e for e in eos if e is not None), use_cache=True)
+                            eos_token_id=sorted(eos), use_cache=True)
 
 
 def build_trainer(cfg, model, tokenizer, datasets, collator, callbacks):
@@ -178,7 +184,7 @@ def build_trainer(cfg, model, tokenizer, datasets, collator, callbacks):
 
     hidden = model.config.get_text_config().hidden_size
     return common_trainer(cfg, model, tokenizer, datasets, collator, callbacks, PPOTrainer, value_head=ValueHead(hidden),
-                          reward_fn=_reward_scorer(cfg, model), reference=_reference(cfg, model),
+                          reward=_reward(cfg, model), reference=_reference(cfg, model),
                           generation_config=generation_config(cfg, tokenizer, model))
 
 

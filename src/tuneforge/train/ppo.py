@@ -59,15 +59,18 @@ class PPOTrainer(Trainer):
 
     Args (besides the Trainer's):
         value_head: the ValueHead (trained with the policy, saved as value_head.safetensors).
-        reward_fn: conversations -> scores (models.reward: the shared adapter or a separate reward model).
+        reward: has `score(conversations) -> list[float]` (models.reward: the shared adapter or a separate reward model).
         reference: a frozen reference model, or None: the policy (a PeftModel) with its adapters disabled.
         generation_config: the rollouts' sampling settings.
     """
 
-    def __init__(self, *args, value_head, reward_fn, reference, generation_config, **kwargs):
+    def __init__(self, *args, value_head, reward, reference, generation_config, **kwargs):
         super().__init__(*args, **kwargs)
         self.value_head = value_head.to(self.args.device)
-        self.reward_fn, self.reference, self.generation_config = reward_fn, reference, generation_config
+        self.reward, self.reference, self.generation_config = reward, reference, generation_config
+        for model in (reference, getattr(reward, "model", None)):  # separate models (the shared reward's is the policy)
+            if model is not None:
+                model.to(self.args.device)
         self.temperature = generation_config.temperature if generation_config.do_sample else 1.0
         self.kl_ctl = ppo_math.AdaptiveKL(self.args.ppo_target)
         self.score_moments = ppo_math.RunningMoments()
@@ -169,7 +172,7 @@ class PPOTrainer(Trainer):
         reply = torch.where(mask.bool(), sequences[:, width:], self.generation_config.pad_token_id)
         texts = self.processing_class.batch_decode([r[m.bool()] for r, m in zip(reply, mask)], skip_special_tokens=True)
         conversations = [[*p, {"role": "assistant", "content": t}] for p, t in zip(batch["prompt"], texts)]
-        scores = torch.tensor(self.reward_fn(conversations), dtype=torch.float32, device=prompt_ids.device)
+        scores = torch.tensor(self.reward.score(conversations), dtype=torch.float32, device=prompt_ids.device)
         return {"input_ids": torch.cat([prompt_ids, reply], 1), "attention_mask": torch.cat([prompt_mask, mask], 1),
                 "prompt_width": width, "mask": mask.float(), "scores": scores}
 
