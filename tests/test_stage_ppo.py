@@ -233,6 +233,15 @@ def test_settings_ppo_cannot_honour_are_refused_naming_the_key(tiny_model_dir, d
     assert isinstance(e, ConfigError) and key in [p.key for p in e.problems] and words in str(e), str(e)
 
 
+def test_ppo_settings_are_refused_when_the_config_loads_with_every_other_problem(tmp_path):
+    from tuneforge.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:  # no model or data exists: nothing is read before these are reported
+        config.from_flat({"stage": "ppo", "output_dir": str(tmp_path / "o"), "ppo_epochs": 0, "learning_rate": -1,
+                          "resume_from_checkpoint": "auto"})
+    assert {"reward_model", "ppo_epochs", "resume_from_checkpoint"} <= {p.key for p in e.value.problems}, str(e.value)
+
+
 def test_reward_folders_that_do_not_fit_are_refused_before_the_model_loads(tiny_model_dir, data, full_reward_dir, tmp_path):
     e = cfg_error(tiny_model_dir, data, tmp_path, str(tmp_path / "nowhere"))
     assert e.key == "reward_model" and "is not a folder" in str(e)

@@ -311,6 +311,8 @@ def _validate(cfg: RunConfig, given: set[str], purpose: str) -> list:
     stage = cfg.method.stage
     if stage not in STAGES:
         problems.append(("stage", f"stage `{stage}` is not available{did_you_mean(stage, STAGES)}; choose one of {', '.join(sorted(STAGES))}"))
+    elif purpose == "train" and STAGES[stage].validate is not None:
+        problems += STAGES[stage].validate(cfg)
     method = cfg.method.finetuning_type
     if method not in METHODS:
         problems.append(("finetuning_type", f"finetuning_type `{method}` is not available{did_you_mean(method, METHODS)}; "

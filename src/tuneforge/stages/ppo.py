@@ -41,16 +41,10 @@ def _args_class() -> type:
     return PPOArguments
 
 
-def check_settings(cfg) -> None:
-    """Every PPO setting this run cannot honour, named by key, raised at once (before tokenizing).
-
-    Raises:
-        ConfigError: reward_model missing; ppo_epochs, ppo_buffer_size or ppo_target out of range; reward_model_type
-            lora without finetuning_type lora; prefix/prompt tuning; pissa_init; resume_from_checkpoint; several
-            processes.
-    """
-    from tuneforge.config import ConfigError
-
+def validate(cfg) -> list:
+    """Every PPO setting this run cannot honour, as (key, message) pairs (checked when the config loads): reward_model
+    missing; ppo_epochs, ppo_buffer_size or ppo_target out of range; reward_model_type lora without finetuning_type
+    lora; prefix/prompt tuning; pissa_init; resume_from_checkpoint; several processes."""
     args, method, problems = cfg.train, cfg.method.finetuning_type, []
     if not args.get("reward_model"):
         problems.append(("reward_model", "reward_model is missing; set it to the output_dir of a `stage: rm` run "
@@ -77,8 +71,7 @@ def check_settings(cfg) -> None:
     if cfg.output.resume_from_checkpoint:
         problems.append(("resume_from_checkpoint", "stage ppo cannot resume yet (the KL coefficient and score statistics are "
                                                    "not checkpointed); remove resume_from_checkpoint to start a new run"))
-    if problems:
-        raise ConfigError(problems)
+    return problems
 
 
 def check_reward_model(cfg, folder: str) -> None:
@@ -125,7 +118,6 @@ def build_data(cfg, tokenizer, progress=None):
     """Prompts (data.prompts), whole: a prompt longer than cutoff_len is dropped, since the reward re-renders it."""
     from tuneforge.data.prompts import build_prompts
 
-    check_settings(cfg)
     datasets, stats = build_prompts(cfg.data, tokenizer, cfg.model.cache_dir, progress=progress, keep_overlong=False)
     return datasets, stats, PromptCollator(tokenizer.pad_token_id)
 
@@ -213,6 +205,6 @@ def memory(x, cfg):
 
 
 register_stage("ppo", build_data, build_trainer, args_class=_args_class, data_kind="prompt", packs=False, memory=memory,
-               load_model=load_model,
+               load_model=load_model, validate=validate,
                help="PPO (RLHF): sample replies, score them with a `stage: rm` reward model, learn with a KL penalty; "
                     "one base in memory with LoRA.")

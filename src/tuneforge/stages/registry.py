@@ -34,6 +34,8 @@ class Stage:
         stages.common.load_model); e.g. a reward model with a scalar head.
     llamafactory_names: LLaMA-Factory key -> (this stage's train key, convert or None), applied when this stage is
         chosen (`pref_beta` -> `beta`); the key a user wrote is named in errors.
+    validate(cfg) -> [(key, message), ...]: settings this stage cannot honour, checked when a training config loads
+        (with every other config problem, before anything is read or loaded).
     help: one line for `--help-keys` and the Board.
     """
 
@@ -48,6 +50,7 @@ class Stage:
     memory: Callable[[Any, Any], Any] | None = None
     load_model: Callable[[Any, str], Any] | None = None
     llamafactory_names: dict = field(default_factory=dict)
+    validate: Callable[[Any], list] | None = None
     help: str = ""
 
 

@@ -5,7 +5,6 @@ SEQ_CLS task); the folder loads back with `tuneforge.models.reward.load_reward_m
 
 import logging
 
-from tuneforge import TuneforgeError
 from tuneforge.stages.registry import register_stage
 
 log = logging.getLogger(__name__)
@@ -20,22 +19,19 @@ def _args_class() -> type:
     return RewardConfig
 
 
-def check(cfg) -> None:
-    """Settings the rm stage cannot honour, named by key (before anything loads).
-
-    Raises:
-        TuneforgeError: finetuning_type is an adapter method without a trainable head; max_length is set (pairs are
-            cut to cutoff_len by the data pipeline).
-    """
+def validate(cfg) -> list:
+    """Settings the rm stage cannot honour, as (key, message) pairs (checked when the config loads): an adapter method
+    without a trainable head; max_length (pairs are cut to cutoff_len by the data pipeline)."""
     from tuneforge import methods
 
-    method = cfg.method.finetuning_type
-    if methods.get(method).adapter and method not in ADAPTERS_WITH_HEAD:
-        raise TuneforgeError(f"finetuning_type {method} cannot train the reward model's score head; use lora, freeze or full",
-                             key="finetuning_type")
+    problems, method = [], cfg.method.finetuning_type
+    if method in methods.METHODS and methods.get(method).adapter and method not in ADAPTERS_WITH_HEAD:
+        problems.append(("finetuning_type", f"finetuning_type {method} cannot train the reward model's score head; use lora, "
+                                            f"freeze or full"))
     if "max_length" in cfg.given:
-        raise TuneforgeError("max_length does not apply to stage rm: pairs are cut to cutoff_len when tokenized; set "
-                             "cutoff_len instead", key="max_length")
+        problems.append(("max_length", "max_length does not apply to stage rm: pairs are cut to cutoff_len when tokenized; "
+                                       "set cutoff_len instead"))
+    return problems
 
 
 def build_data(cfg, tokenizer, progress=None):
@@ -45,7 +41,6 @@ def build_data(cfg, tokenizer, progress=None):
 
     from tuneforge.data.preference import build_pairs
 
-    check(cfg)
     datasets, stats = build_pairs(cfg.data, tokenizer, cfg.model.cache_dir, progress=progress)
 
     def whole(row):
@@ -89,5 +84,5 @@ def memory(x, cfg):
 
 
 register_stage("rm", build_data, build_trainer, args_class=_args_class, data_kind="pairwise", packs=False, memory=memory,
-               load_model=load_model,
+               load_model=load_model, validate=validate,
                help="Reward model: a scalar head scores chosen above rejected replies (ranking datasets); eval_accuracy on held-out pairs.")
