@@ -143,7 +143,8 @@ def cmd_estimate(args: list[str]) -> int:
 
     shape = shape_of(cfg.model.model_name_or_path, cfg.model.cache_dir)
     adjust = stage_memory(cfg)  # the stage's rows and copies (a preference pair's two rows, a reference model)
-    report = estimate_shape(shape, adjust(x) if adjust else x, own["convention"])
+    counted = adjust(x) if adjust else x
+    report = estimate_shape(shape, counted, own["convention"])
     if own["fit"] is not None:
         if own["fit"] in ("auto", "true", ""):
             budget = device_memory()[0]
@@ -160,9 +161,12 @@ def cmd_estimate(args: list[str]) -> int:
         else:
             print(render(fits, budget))
         return 0
-    how = batch.what if batch is not None else (
+    from tuneforge.run.memory_check import counted as stage_counts
+
+    how = stage_counts(batch.what if batch is not None else (
         f"{x.batch} row{'s' if x.batch != 1 else ''} x {x.seq} tokens" + ("" if ints.get("batch") or ints.get("seq") else
-                                              " (worst case: every row cutoff_len long; give a dataset to measure its real batch)"))
+                                              " (worst case: every row cutoff_len long; give a dataset to measure its real batch)")),
+        x, counted)
     if own["json"] is not None:
         print(json.dumps({**report.to_dict(), "batch": how}))
         return 0
@@ -170,7 +174,7 @@ def cmd_estimate(args: list[str]) -> int:
     if own["device"] == "cuda" and "GPU" not in what:
         total = None
     print(f"{shape.name or cfg.model.model_name_or_path}: {x.finetuning_type}"
-          f"{f' ({x.quantization_bit}-bit)' if x.quantization_bit else ''}, batch {x.batch} x seq {x.seq}, {x.dtype}"
+          f"{f' ({x.quantization_bit}-bit)' if x.quantization_bit else ''}, batch {counted.batch} x seq {counted.seq}, {x.dtype}"
           f"{', ' + checkpointing.describe(x.checkpoint_every) if x.gradient_checkpointing else ''}{f', {x.sharding} x {x.world_size}' if x.world_size > 1 else ''}"
           + (f"; {report.trainable_params:,} of {report.total_params:,} parameters train ({report.convention} accounting)"
              if report.known else ""))

@@ -51,16 +51,25 @@ def batch_from_data(cfg) -> Batch:
     return largest_batch(cfg, stats)
 
 
+def counted(what: str, before, after) -> str:
+    """`what` the batch is, plus how the stage's memory hook counts it when that differs (a preference pair is two rows;
+    GRPO adds the completion to the prompt)."""
+    if (after.batch, after.seq) == (before.batch, before.seq):
+        return what
+    return f"{what}; the stage counts {after.batch} row{'s' if after.batch != 1 else ''} x {after.seq} tokens"
+
+
 def estimate_for(cfg, shape, batch: Batch):
-    """(MemoryReport, EstimateInput) for `batch` on a model of `shape`; the stage may adjust the input."""
+    """(MemoryReport, EstimateInput) for `batch` on a model of `shape`; the stage may adjust the input (then
+    `batch.what` also says how the stage counts it)."""
     from tuneforge import stages
     from tuneforge.memory.api import input_from_config
     from tuneforge.memory.estimate import estimate_shape
 
-    x = input_from_config(cfg, batch=batch.rows, seq=batch.seq, attention_seq=batch.longest)
+    given = input_from_config(cfg, batch=batch.rows, seq=batch.seq, attention_seq=batch.longest)
     stage = stages.STAGES.get(cfg.method.stage)
-    if stage is not None and stage.memory is not None:
-        x = stage.memory(x, cfg)
+    x = stage.memory(given, cfg) if stage is not None and stage.memory is not None else given
+    batch.what = counted(batch.what, given, x)
     return estimate_shape(shape, x), x
 
 
