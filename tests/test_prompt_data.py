@@ -106,7 +106,7 @@ def test_val_size_holds_out_prompts_and_a_second_build_comes_from_the_cache(prom
     cfg = data_cfg(dataset="alp,chat,msgs", dataset_dir=prompt_dir, val_size=2)
     parts, stats = build_prompts(cfg, tiny_tokenizer, str(tmp_path / "c"))
     assert (len(parts["train"]), len(parts["eval"])) == (3, 2) and stats["eval_examples"] == 2
-    caplog.set_level("INFO", logger="tuneforge.data.prompts")
+    caplog.set_level("INFO", logger="tuneforge.data.cache")
     again, stats2 = build_prompts(cfg, tiny_tokenizer, str(tmp_path / "c"))
     assert "from cache" in caplog.text
     assert rows(again["eval"]) == rows(parts["eval"]) and stats2 == json.loads(json.dumps(stats))

@@ -2,9 +2,14 @@
 
 import hashlib
 import json
+import logging
 import os
 
 from tuneforge.data.loaders import data_files
+
+log = logging.getLogger(__name__)
+# DataSection keys that change every kind of tokenized data; a builder adds its own (template, packing, ...)
+SETTINGS = ("dataset", "cutoff_len", "max_samples", "val_size", "mix_strategy", "interleave_probs", "seed", "strict")
 
 CACHE_VERSION = 4  # 2: stats carry train_longest; 3: json/csv read as written (no type coercion); 4: tools kept
 
@@ -84,3 +89,21 @@ def save(root: str, k: str, dsd, stats: dict) -> None:
             dsd.save_to_disk(os.path.join(tmp, "data"))
             with open(os.path.join(tmp, "stats.json"), "w") as fh:
                 json.dump(stats, fh)
+
+
+def cached(data_cfg, attrs, tokenizer, cache_dir: str | None, what: str, build, keys: tuple = (), **extra):
+    """(parts, stats) from the cache when nothing that changes them changed; otherwise `build()` -> (parts, stats),
+    saved. The key covers the data files, registry entries, tokenizer, `SETTINGS` + `keys` of `data_cfg` and `extra`;
+    `overwrite_cache` rebuilds. `what` names the data in the log."""
+    from datasets import DatasetDict
+
+    settings = {**{k: getattr(data_cfg, k) for k in SETTINGS + tuple(keys)}, **extra}
+    root, k = cache_root(cache_dir), key(attrs, tokenizer, settings)
+    if not data_cfg.overwrite_cache:
+        hit = load(root, k)
+        if hit is not None:
+            log.info("tokenized %s from cache %s", what, k)
+            return dict(hit[0]), hit[1]
+    parts, stats = build()
+    save(root, k, DatasetDict(parts), stats)
+    return parts, stats

@@ -119,21 +119,12 @@ def build(data_cfg, tokenizer, cache_dir: str | None = None, conversations=None,
         conversations: the result of `load_conversations`, if already computed.
         progress: called as progress(done, total) while rows are tokenized.
     """
-    from datasets import DatasetDict
-
     attrs = registry.resolve(data_cfg.dataset, data_cfg.dataset_dir)
-    settings = {k: getattr(data_cfg, k) for k in ("dataset", "template", "cutoff_len", "max_samples", "val_size", "train_on_prompt",
-                                                  "mask_history", "mix_strategy", "interleave_probs", "seed", "strict")}
-    root = cache.cache_root(cache_dir)
-    k = cache.key(attrs, tokenizer, settings)
-    if not data_cfg.overwrite_cache:
-        hit = cache.load(root, k)
-        if hit is not None:
-            log.info("tokenized data from cache %s", k)
-            return dict(hit[0]), hit[1]
-    ds, stats = conversations or load_conversations(data_cfg, attrs)
-    parts = {name: tokenize(part, tokenizer, data_cfg, progress if name == "train" else None)
-             for name, part in split(ds, data_cfg.val_size, data_cfg.seed).items()}
-    stats = {"datasets": stats, **row_stats(parts)}
-    cache.save(root, k, DatasetDict(parts), stats)
-    return parts, stats
+
+    def build_parts():
+        ds, stats = conversations or load_conversations(data_cfg, attrs)
+        parts = {name: tokenize(part, tokenizer, data_cfg, progress if name == "train" else None)
+                 for name, part in split(ds, data_cfg.val_size, data_cfg.seed).items()}
+        return parts, {"datasets": stats, **row_stats(parts)}
+
+    return cache.cached(data_cfg, attrs, tokenizer, cache_dir, "data", build_parts, keys=("template", "train_on_prompt", "mask_history"))

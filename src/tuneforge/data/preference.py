@@ -271,26 +271,17 @@ def _row_stats(parts: dict, kind: str) -> dict:
 
 
 def _build(kind: str, data_cfg, tokenizer, cache_dir=None, progress=None):
-    from datasets import DatasetDict
-
     attrs = registry.resolve(data_cfg.dataset, data_cfg.dataset_dir)
-    settings = {"kind": kind, **{k: getattr(data_cfg, k) for k in ("dataset", "template", "cutoff_len", "max_samples", "val_size",
-                                                                   "mix_strategy", "interleave_probs", "seed", "strict")}}
-    root = cache.cache_root(cache_dir)
-    k = cache.key(attrs, tokenizer, settings)
-    if not data_cfg.overwrite_cache:
-        hit = cache.load(root, k)
-        if hit is not None:
-            log.info("tokenized %s data from cache %s", kind, k)
-            return dict(hit[0]), hit[1]
-    ds, per_dataset = _load(data_cfg, kind)
-    if kind == "unpaired":  # KTO reads rows in order (its KL term pairs neighbours): no pair's halves side by side
-        ds = ds.shuffle(seed=data_cfg.seed).flatten_indices()
-    parts = {name: _tokenize(part, tokenizer, kind, data_cfg.cutoff_len, progress if name == "train" else None)
-             for name, part in split(ds, data_cfg.val_size, data_cfg.seed).items()}
-    stats = {"datasets": per_dataset, **_row_stats(parts, kind)}
-    cache.save(root, k, DatasetDict(parts), stats)
-    return parts, stats
+
+    def build_parts():
+        ds, per_dataset = _load(data_cfg, kind)
+        if kind == "unpaired":  # KTO reads rows in order (its KL term pairs neighbours): no pair's halves side by side
+            ds = ds.shuffle(seed=data_cfg.seed).flatten_indices()
+        parts = {name: _tokenize(part, tokenizer, kind, data_cfg.cutoff_len, progress if name == "train" else None)
+                 for name, part in split(ds, data_cfg.val_size, data_cfg.seed).items()}
+        return parts, {"datasets": per_dataset, **_row_stats(parts, kind)}
+
+    return cache.cached(data_cfg, attrs, tokenizer, cache_dir, f"{kind} data", build_parts, keys=("template",), kind=kind)
 
 
 def build_pairs(data_cfg, tokenizer, cache_dir: str | None = None, progress=None):

@@ -192,26 +192,18 @@ def build_prompts(data_cfg, tokenizer, cache_dir: str | None = None, progress=No
     and skipped rows (`datasets`), `{part}_examples`, `train_tokens` (prompt tokens), `train_longest` (the longest
     prompts' lengths, longest first), `{part}_overlong` (prompts truncated or dropped).
     """
-    from datasets import DatasetDict
-
     attrs = registry.resolve(data_cfg.dataset, data_cfg.dataset_dir)
-    settings = {k: getattr(data_cfg, k) for k in ("dataset", "template", "cutoff_len", "max_samples", "val_size", "mix_strategy",
-                                                  "interleave_probs", "seed", "strict")}
-    settings.update(rows="prompts", keep_overlong=keep_overlong)
-    root = cache.cache_root(cache_dir)
-    k = cache.key(attrs, tokenizer, settings)
-    if not data_cfg.overwrite_cache:
-        hit = cache.load(root, k)
-        if hit is not None:
-            log.info("tokenized prompts from cache %s", k)
-            return dict(hit[0]), hit[1]
-    ds, per_dataset = load_prompts(data_cfg, attrs)
-    parts, stats = {}, {"datasets": per_dataset}
-    for name, part in split(ds, data_cfg.val_size, data_cfg.seed).items():
-        parts[name], stats[f"{name}_overlong"] = _tokenize(part, tokenizer, data_cfg.cutoff_len, keep_overlong,
-                                                           progress if name == "train" else None)
-        stats[f"{name}_examples"] = len(parts[name])
-    lengths = [len(ids) for ids in parts["train"]["prompt_ids"]]
-    stats.update(train_tokens=sum(lengths), train_longest=sorted(lengths, reverse=True)[:LONGEST_KEPT])
-    cache.save(root, k, DatasetDict(parts), stats)
-    return parts, stats
+
+    def build_parts():
+        ds, per_dataset = load_prompts(data_cfg, attrs)
+        parts, stats = {}, {"datasets": per_dataset}
+        for name, part in split(ds, data_cfg.val_size, data_cfg.seed).items():
+            parts[name], stats[f"{name}_overlong"] = _tokenize(part, tokenizer, data_cfg.cutoff_len, keep_overlong,
+                                                               progress if name == "train" else None)
+            stats[f"{name}_examples"] = len(parts[name])
+        lengths = [len(ids) for ids in parts["train"]["prompt_ids"]]
+        stats.update(train_tokens=sum(lengths), train_longest=sorted(lengths, reverse=True)[:LONGEST_KEPT])
+        return parts, stats
+
+    return cache.cached(data_cfg, attrs, tokenizer, cache_dir, "prompts", build_parts, keys=("template",), rows="prompts",
+                        keep_overlong=keep_overlong)

@@ -188,29 +188,22 @@ def build(data_cfg, tokenizer, cache_dir: str | None = None, progress=None):
         cache_dir: cache root (default ~/.cache/tuneforge).
         progress: called as progress(done, total) while training documents are tokenized.
     """
-    from datasets import DatasetDict
-
     attrs = registry.resolve(data_cfg.dataset, data_cfg.dataset_dir)
-    settings = {"stage_data": "text", "layout": LAYOUT, **{k: getattr(data_cfg, k) for k in (
-        "dataset", "cutoff_len", "max_samples", "val_size", "packing", "mix_strategy", "interleave_probs", "seed", "strict")},
-        "text_files": [[f, os.stat(f).st_size, os.stat(f).st_mtime_ns] for a in attrs for f in text_files(a.path)]}
-    root = cache.cache_root(cache_dir)
-    k = cache.key(attrs, tokenizer, settings)
-    if not data_cfg.overwrite_cache:
-        hit = cache.load(root, k)
-        if hit is not None:
-            log.info("tokenized text from cache %s", k)
-            return dict(hit[0]), hit[1]
-    ds, per_dataset = load_documents(data_cfg, attrs)
-    parts, stats = {}, {"datasets": per_dataset}
-    for name, part in split(ds, data_cfg.val_size, data_cfg.seed).items():
-        docs = tokenize_documents(part, tokenizer, data_cfg.preprocessing_num_workers, progress if name == "train" else None)
-        parts[name] = to_blocks(docs, data_cfg.cutoff_len, bool(data_cfg.packing))
-        stats.update(block_stats(name, docs, parts[name], data_cfg.cutoff_len))
-    log.info("pt data: %d documents in %d blocks of at most %d tokens (%d tokens)", stats["train_documents"],
-             stats["train_examples"], data_cfg.cutoff_len, stats["train_tokens"])
-    cache.save(root, k, DatasetDict(parts), stats)
-    return parts, stats
+
+    def build_parts():
+        ds, per_dataset = load_documents(data_cfg, attrs)
+        parts, stats = {}, {"datasets": per_dataset}
+        for name, part in split(ds, data_cfg.val_size, data_cfg.seed).items():
+            docs = tokenize_documents(part, tokenizer, data_cfg.preprocessing_num_workers, progress if name == "train" else None)
+            parts[name] = to_blocks(docs, data_cfg.cutoff_len, bool(data_cfg.packing))
+            stats.update(block_stats(name, docs, parts[name], data_cfg.cutoff_len))
+        log.info("pt data: %d documents in %d blocks of at most %d tokens (%d tokens)", stats["train_documents"],
+                 stats["train_examples"], data_cfg.cutoff_len, stats["train_tokens"])
+        return parts, stats
+
+    files = [[f, os.stat(f).st_size, os.stat(f).st_mtime_ns] for a in attrs for f in text_files(a.path)]
+    return cache.cached(data_cfg, attrs, tokenizer, cache_dir, "text", build_parts, keys=("packing",), stage_data="text",
+                        layout=LAYOUT, text_files=files)
 
 
 # ---------------------------------------------------------------- blocks -> batches
