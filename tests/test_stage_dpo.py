@@ -138,6 +138,13 @@ def test_bad_losses_are_refused_naming_the_key(value, words):
     assert any(p.key == "pref_loss" and words in p.message for p in e.value.problems), e.value.problems
 
 
+def test_sync_ref_model_with_an_adapter_is_refused_when_the_config_loads():
+    with pytest.raises(ConfigError) as e:
+        config.from_flat({"stage": "dpo", "output_dir": "o", "finetuning_type": "lora", "sync_ref_model": True})
+    assert [p.key for p in e.value.problems] == ["sync_ref_model"] and "finetuning_type full" in str(e.value)
+    config.from_flat({"stage": "dpo", "output_dir": "o", "finetuning_type": "full", "sync_ref_model": True})
+
+
 def test_a_loss_type_written_directly_is_checked_too():
     with pytest.raises(ConfigError, match="loss_type \\(pref_loss\\) must name losses among"):
         config.from_flat({"stage": "dpo", "output_dir": "o", "loss_type": ["sigmoid", "nope"]})

@@ -155,6 +155,19 @@ def drop_copied_reference(trainer, cfg) -> None:
         model.delete_adapter("ref")
 
 
+def validate(cfg) -> list:
+    """DPO settings this run cannot honour, as (key, message) pairs: TR-DPO's sync_ref_model with an adapter method
+    (the reference is the base with the adapter off, or TRL's adapter copy, which it cannot sync)."""
+    from tuneforge import methods
+
+    method = cfg.method.finetuning_type
+    if cfg.train.args.get("sync_ref_model") and method in methods.METHODS and methods.get(method).adapter:
+        return [("sync_ref_model", f"sync_ref_model (TR-DPO) updates a frozen reference copy, which finetuning_type {method} "
+                                   f"does not keep (its reference is the base with the adapter off); drop sync_ref_model, "
+                                   f"or use finetuning_type full or freeze")]
+    return []
+
+
 def memory(x, cfg):
     """A batch of b pairs runs 2b rows (chosen and rejected together); full and freeze fine-tuning keep a frozen
     reference copy of the base unless the reference is precomputed or the loss needs none. Reads the method from `x`,
@@ -167,7 +180,7 @@ def memory(x, cfg):
 
 
 register_stage(
-    "dpo", build_data, build_trainer, args_class=args_class, data_kind="pairwise", packs=False, memory=memory,
+    "dpo", build_data, build_trainer, args_class=args_class, data_kind="pairwise", packs=False, memory=memory, validate=validate,
     train_defaults={"max_length": None},  # cutoff_len already bounds prompt + reply (data/preference.py)
     llamafactory_names={"pref_beta": ("beta", None), "pref_loss": ("loss_type", _loss_list),
                         "dpo_label_smoothing": ("label_smoothing", None)},
