@@ -247,6 +247,16 @@ def test_describe_lists_every_key_with_type_default_help_and_owner():
     json.dumps([k.to_dict() for k in keys.values()])  # the Board reads it as JSON
 
 
+def test_describe_gives_the_defaults_a_run_gets_and_each_stages_own_where_they_differ():
+    keys = {k.name: k for k in config.describe()}
+    assert keys["beta"].stage_defaults == {"dpo": 0.1, "grpo": 0.0, "kto": 0.1}
+    assert keys["max_length"].stage_defaults["rm"] == 1024 and keys["max_length"].stage_defaults["dpo"] is None  # dpo's own
+    assert keys["bf16"].default is False and keys["bf16"].stage_defaults is None  # TRL turns it on; runs here do not
+    assert keys["lora_rank"].stage_defaults is None
+    dpo = {k.name: k for k in config.describe("dpo")}
+    assert dpo["beta"].default == 0.1 and dpo["bf16"].default is False
+
+
 def test_a_gguf_not_converted_yet_is_its_own_phase(tmp_path, monkeypatch, tiny_model_dir):
     from tuneforge import models
     from tuneforge.models import ModelSource, gguf

@@ -14,8 +14,9 @@ class KeyInfo:
     """One config key.
 
     type: bool, int, float, str, list, dict or any; choices: the allowed values or None; optional: None is allowed;
-    section: model, data, method, train, output, generation or export; owner: the method(s) or stage(s) the key
-    belongs to (None for keys every run has); llamafactory: LLaMA-Factory reads the same key.
+    section: model, data, method, train, output, generation, export or eval; owner: the method(s) or stage(s) the key
+    belongs to (None for keys every run has); llamafactory: LLaMA-Factory reads the same key; stage_defaults: stage ->
+    default, for a train key whose default differs between the stages that have it (`default` is then the first's).
     """
 
     name: str
@@ -27,6 +28,7 @@ class KeyInfo:
     choices: list | None = None
     optional: bool = False
     llamafactory: bool = False
+    stage_defaults: dict | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -89,7 +91,7 @@ def describe(stage: str | None = None) -> list[KeyInfo]:
     from tuneforge.config.fields import section_fields
     from tuneforge.config.loader import BASE_SECTIONS, _ensure_registered, stage_args_class
     from tuneforge.config.registry import METHOD_SECTIONS
-    from tuneforge.config.train_args import DEFAULTS, training_fields
+    from tuneforge.config.train_args import run_default, training_fields
     from tuneforge.methods.registry import METHODS
     from tuneforge.stages.registry import STAGES
 
@@ -113,14 +115,22 @@ def describe(stage: str | None = None) -> list[KeyInfo]:
     per_stage = {s: training_fields(stage_args_class(s)) for s in stages}
     base = set(training_fields())
     train: dict[str, KeyInfo] = {}
+
+    def stage_default(s: str, key: str):
+        own = STAGES[s].train_defaults if s in STAGES else {}
+        return _plain(own[key] if key in own else run_default(key, per_stage[s][key]))
+
     for s, fields in per_stage.items():
         for key, f in fields.items():
             if key in train:
                 continue
             tp, choices, optional = _type_of(f.type)
-            owners = None if key in base else ",".join(x for x, fl in per_stage.items() if key in fl)
-            default = DEFAULTS.get(key, _default(f))
-            train[key] = KeyInfo(key, tp, default, f.metadata.get("help", ""), "train", owners, choices, optional, True)
+            having = [x for x, fl in per_stage.items() if key in fl]
+            owners = None if key in base else ",".join(having)
+            defaults = {x: stage_default(x, key) for x in having}
+            differ = len({repr(v) for v in defaults.values()}) > 1
+            train[key] = KeyInfo(key, tp, defaults[s], f.metadata.get("help", ""), "train", owners, choices, optional, True,
+                                 stage_defaults=defaults if differ else None)
     for s in stages:  # LLaMA-Factory's names for a stage's keys (`pref_beta` for `beta`)
         for alias, (target, _) in (STAGES[s].llamafactory_names.items() if s in STAGES else ()):
             if alias not in train and target in train:

@@ -45,6 +45,19 @@ class TrainSection:
         return default
 
 
+def run_default(name: str, f: dataclasses.Field) -> Any:
+    """The value a run gets for the train key `name` (field `f` of its arguments class) when nobody sets it: ours
+    (DEFAULTS), False for bf16 and checkpointing (TRL's configs turn them on; `build_training_arguments` does not),
+    else the class's own default (None when it has none)."""
+    if name in DEFAULTS:
+        return DEFAULTS[name]
+    if name == "bf16" or name.endswith("_checkpointing"):
+        return False
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+
+
 _FIELDS: dict[type, dict[str, dataclasses.Field]] = {}
 
 
