@@ -138,6 +138,22 @@ def test_wrong_reply_types_in_sharegpt_are_reported(tmp_path):
     assert "turns must alternate" in stats["s"]["bad_rows"][1][1]
 
 
+def test_tool_calling_rows_are_reported_not_trained_with_their_calls_dropped(tmp_path):
+    rows = chat_rows("from", "value", "human", "gpt")
+    call = '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+    rows[0]["chosen"] = {"from": "function_call", "value": call}  # the reply's text would be empty
+    rows[1]["tools"] = '[{"name": "get_weather", "parameters": {}}]'  # the prompt would lose its tools
+    rows[2]["conversations"] = [{"from": "human", "value": "weather?"}, {"from": "function_call", "value": call},
+                                {"from": "observation", "value": "12 C"}]  # a tool result in the prompt
+    rows.append(chat_rows("from", "value", "human", "gpt")[0])  # a plain pair stays
+    write_json(str(tmp_path / "s.json"), rows)
+    write_json(str(tmp_path / "dataset_info.json"), {"s": {"file_name": "s.json", "ranking": True, "formatting": "sharegpt",
+                                                            "columns": {"messages": "conversations", "tools": "tools"}}})
+    _, stats = load_pairs(data_cfg(dataset="s", dataset_dir=str(tmp_path)))
+    assert [i for i, _ in stats["s"]["bad_rows"]] == [0, 1, 2]
+    assert all("tool calls" in m and "stage sft" in m for _, m in stats["s"]["bad_rows"]), stats["s"]["bad_rows"]
+
+
 def test_a_missing_reply_column_and_a_non_preference_entry_are_named(pref_dir, tmp_path):
     with pytest.raises(DataError, match="`sft_only` is not a preference dataset.*ranking: true"):
         load_pairs(data_cfg(dataset="sft_only", dataset_dir=pref_dir))

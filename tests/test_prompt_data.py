@@ -129,6 +129,19 @@ def test_sharegpt_turns_out_of_order_are_bad_rows(tmp_path):
         load_prompts(data_cfg(dataset="c", dataset_dir=str(tmp_path)))
 
 
+def test_prompts_with_tools_or_tool_calls_are_bad_rows_not_stripped_of_them(tmp_path):
+    call = '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+    chats = [{"conversations": [{"from": "human", "value": "weather?"}], "tools": '[{"name": "get_weather"}]'},
+             {"conversations": [{"from": "human", "value": "weather?"}, {"from": "function_call", "value": call},
+                                {"from": "observation", "value": "12 C"}]},
+             {"conversations": [{"from": "human", "value": "hi"}]}]
+    write_json(str(tmp_path / "c.json"), chats)
+    write_json(str(tmp_path / "dataset_info.json"), {"c": {"file_name": "c.json", "formatting": "sharegpt",
+                                                            "columns": {"messages": "conversations", "tools": "tools"}}})
+    ds, stats = load_prompts(data_cfg(dataset="c", dataset_dir=str(tmp_path)))
+    assert len(ds) == 1 and stats["c"]["skipped"] == 2 and "tool calls" in stats["c"]["first_skipped"]
+
+
 def test_ranking_datasets_and_missing_columns_are_refused_naming_them(prompt_dir, tmp_path):
     with pytest.raises(DataError, match="`pairs` is a ranking"):
         load_prompts(data_cfg(dataset="pairs", dataset_dir=prompt_dir))

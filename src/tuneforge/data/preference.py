@@ -10,7 +10,7 @@ import logging
 from tuneforge.data import cache, registry
 from tuneforge.data.cache import tokenizer_fingerprint
 from tuneforge.data.errors import DataError
-from tuneforge.data.formats import _tags, _text, alpaca_to_messages, detect_format, sharegpt_to_messages
+from tuneforge.data.formats import role_tags, field_text, alpaca_to_messages, detect_format, row_tools, sharegpt_to_messages
 from tuneforge.data.loaders import load_rows
 from tuneforge.data.pipeline import LONGEST_KEPT, mix, split
 from tuneforge.data.templates import render
@@ -69,7 +69,7 @@ def _prompt_and_reply(row: dict, attr, key: str) -> tuple[list[dict], str]:
     """The prompt messages and the reply text of `row` with its `key` column (chosen, rejected or response)."""
     if attr.formatting == "alpaca":
         reply_col = _column(attr, key)
-        text = _text(row.get(reply_col), reply_col)
+        text = field_text(row.get(reply_col), reply_col)
         if not text:
             raise ValueError(f"`{reply_col}` is empty or missing")
         messages = alpaca_to_messages({**row, attr.column("response"): text}, attr)
@@ -81,8 +81,12 @@ def _prompt_and_reply(row: dict, attr, key: str) -> tuple[list[dict], str]:
         if key == "response":  # the conversation ends with the reply
             messages = sharegpt_to_messages(row, attr)
         else:
-            reply = _reply(row.get(_column(attr, key)), attr, key, _tags(attr, convo[0]))
+            reply = _reply(row.get(_column(attr, key)), attr, key, role_tags(attr, convo[0]))
             messages = sharegpt_to_messages({**row, col: convo + [reply]}, attr)
+    if row_tools(row, attr) or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+        raise ValueError(f"the row holds tool definitions or tool calls, which stage {'kto' if key == 'response' else 'dpo/rm'} "
+                         f"does not train yet (they would be dropped from the prompt or leave an empty reply); train "
+                         f"tool calling with stage sft, or remove the row")
     return messages[:-1], messages[-1]["content"]
 
 

@@ -9,7 +9,7 @@ import logging
 
 from tuneforge.data import cache, registry
 from tuneforge.data.errors import DataError
-from tuneforge.data.formats import _tags, _text, alpaca_to_messages, detect_format, sharegpt_to_messages
+from tuneforge.data.formats import role_tags, field_text, alpaca_to_messages, detect_format, row_tools, sharegpt_to_messages
 from tuneforge.data.loaders import load_rows
 from tuneforge.data.pipeline import LONGEST_KEPT, mix, split
 from tuneforge.data.templates import render
@@ -55,18 +55,21 @@ def to_prompt(row: dict, attr) -> tuple[list[dict], str | None]:
     """
     if attr.formatting == "alpaca":
         response = attr.column("response")
-        answer = _text(row.get(response), response)
+        answer = field_text(row.get(response), response)
         messages = alpaca_to_messages({**row, response: answer or _PLACEHOLDER}, attr)
         return messages[:-1], answer or None
     col = attr.column("messages")
     convo = row.get(col)
     if not isinstance(convo, list) or not convo or not all(isinstance(m, dict) for m in convo):
         raise ValueError(f"`{col}` is empty or not a list of message objects")
-    tags = _tags(attr, convo[0])
+    tags = role_tags(attr, convo[0])
     answered = convo[-1].get(tags["role_tag"]) == tags["assistant_tag"]
     if not answered:
         row = {**row, col: [*convo, {tags["role_tag"]: tags["assistant_tag"], tags["content_tag"]: _PLACEHOLDER}]}
     messages = sharegpt_to_messages(row, attr)
+    if row_tools(row, attr) or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+        raise ValueError("the row holds tool definitions or tool calls, which stages grpo and ppo do not generate with yet "
+                         "(the prompt would lose them); train tool calling with stage sft, or remove the row")
     if answered and row.get(ANSWER) is not None:
         raise ValueError(f"it has both a final assistant turn and an `{ANSWER}` value; keep one as the reference")
     return messages[:-1], messages[-1]["content"] if answered else None
