@@ -36,7 +36,7 @@ def _bad_rows(bad: list[tuple[int, str]]) -> list[dict]:
 
 def _roles(attr, rows) -> dict | None:
     """The role-field values of a sharegpt/openai dataset against the configured tags; unknown ones flagged."""
-    from tuneforge.data.formats import _tags
+    from tuneforge.data.formats import role_tags
 
     if attr.formatting not in ("sharegpt", "openai"):
         return None
@@ -44,7 +44,7 @@ def _roles(attr, rows) -> dict | None:
     convos = [c for c in convos if isinstance(c, list) and c and isinstance(c[0], dict)]
     if not convos:
         return None
-    tags = _tags(attr, convos[0][0])
+    tags = role_tags(attr, convos[0][0])
     found: dict[str, int] = {}
     for convo in convos:
         for m in convo:

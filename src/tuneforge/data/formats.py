@@ -36,7 +36,7 @@ def check_columns(attr: DatasetAttr, columns: list[str]) -> None:
                             f"Fix `columns` for it in dataset_info.json")
 
 
-def _text(value, field: str = "") -> str:
+def field_text(value, field: str = "") -> str:
     """A text field as written (stripped); a missing field is empty. A number, list or object where text is expected
     makes the row bad (reported), never a coerced string."""
     if value is None:
@@ -49,21 +49,21 @@ def _text(value, field: str = "") -> str:
 def alpaca_to_messages(row: dict, attr: DatasetAttr) -> list[dict]:
     """instruction (+ input) -> user, output -> assistant; history pairs come first; system column on top."""
     prompt, query, response = (attr.column(k) for k in ("prompt", "query", "response"))
-    user = "\n".join(t for t in (_text(row.get(prompt), prompt), _text(row.get(query), query) if query else "") if t)
+    user = "\n".join(t for t in (field_text(row.get(prompt), prompt), field_text(row.get(query), query) if query else "") if t)
     if not user:
         raise ValueError(f"`{prompt}`" + (f" and `{query}` are" if query and query in row else " is") + " empty")
-    answer = _text(row.get(response), response)
+    answer = field_text(row.get(response), response)
     if not answer:
         raise ValueError(f"`{response}` is empty")
     messages = []
-    system = _text(row.get(attr.column("system")), attr.column("system")) if attr.column("system") else ""
+    system = field_text(row.get(attr.column("system")), attr.column("system")) if attr.column("system") else ""
     if system:
         messages.append({"role": "system", "content": system})
     history = row.get(attr.column("history")) if attr.column("history") else None
     for i, turn in enumerate(history or []):
         if (not isinstance(turn, (list, tuple)) or len(turn) != 2 or not all(isinstance(t, str) and t.strip() for t in turn)):
             raise ValueError(f"`{attr.column('history')}` entry {i} must be a [question, answer] pair of non-empty strings")
-        messages += [{"role": "user", "content": _text(turn[0])}, {"role": "assistant", "content": _text(turn[1])}]
+        messages += [{"role": "user", "content": field_text(turn[0])}, {"role": "assistant", "content": field_text(turn[1])}]
     return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
 
 
@@ -117,7 +117,8 @@ def row_tools(row: dict, attr: DatasetAttr) -> list[dict] | None:
     return tools or None
 
 
-def _tags(attr: DatasetAttr, first: dict) -> dict:
+def role_tags(attr: DatasetAttr, first: dict) -> dict:
+    """The entry's role/content tag names: as registered (`tags`), else OpenAI's or ShareGPT's by the first message."""
     if attr.tags_given:
         return {**SHAREGPT_TAGS, **attr.tags}
     if attr.formatting == "openai" or ("role" in first and "content" in first):
@@ -133,16 +134,16 @@ def sharegpt_to_messages(row: dict, attr: DatasetAttr) -> list[dict]:
         raise ValueError(f"`{col}` is empty or not a list of messages")
     if not all(isinstance(m, dict) for m in convo):
         raise ValueError(f"`{col}` must hold message objects")
-    tags = _tags(attr, convo[0])
+    tags = role_tags(attr, convo[0])
     roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["observation_tag"]: "tool",
              tags["function_tag"]: "assistant", tags["system_tag"]: "system"}
     messages = []
-    system = _text(row.get(attr.column("system")), attr.column("system")) if attr.column("system") else ""
+    system = field_text(row.get(attr.column("system")), attr.column("system")) if attr.column("system") else ""
     for i, m in enumerate(convo):
         tag = m.get(tags["role_tag"])
         if tag not in roles:
             raise ValueError(f"message {i} has `{tags['role_tag']}` = {tag!r}; expected one of {sorted(k for k in roles if k)}")
-        content = _text(m.get(tags["content_tag"]), f"message {i} {tags['content_tag']}")
+        content = field_text(m.get(tags["content_tag"]), f"message {i} {tags['content_tag']}")
         if not content and not m.get("tool_calls"):
             raise ValueError(f"message {i} has an empty `{tags['content_tag']}`")
         role = roles[tag]

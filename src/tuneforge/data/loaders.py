@@ -47,7 +47,8 @@ def data_files(path: str) -> list[str]:
     return files
 
 
-def _text_of(path: str, name: str) -> str:
+def read_text(path: str, name: str) -> str:
+    """A data file's text (UTF-8, a BOM dropped); a file that is not UTF-8 is a DataError naming dataset `name`."""
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
@@ -57,7 +58,7 @@ def _text_of(path: str, name: str) -> str:
 
 
 def _json_rows(path: str, name: str) -> list[dict]:
-    text = _text_of(path, name)
+    text = read_text(path, name)
     rows: list = []
     if not path.lower().endswith(".jsonl") and text.lstrip().startswith("{"):
         try:  # one pretty-printed object is not a dataset; a .json of JSON Lines is read below
@@ -87,7 +88,7 @@ def _json_rows(path: str, name: str) -> list[dict]:
 
 
 def _csv_rows(path: str, name: str) -> list[dict]:
-    text = _text_of(path, name)
+    text = read_text(path, name)
     try:
         return [dict(row) for row in csv.DictReader(text.splitlines())]
     except csv.Error as e:

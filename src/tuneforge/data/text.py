@@ -11,8 +11,8 @@ import os
 from tuneforge import TuneforgeError
 from tuneforge.data import cache, registry
 from tuneforge.data.errors import DataError
-from tuneforge.data.formats import _text
-from tuneforge.data.loaders import Rows, _text_of, data_files, load_rows
+from tuneforge.data.formats import field_text
+from tuneforge.data.loaders import Rows, read_text, data_files, load_rows
 from tuneforge.data.pipeline import LONGEST_KEPT, mix, split
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def load_text_rows(attr: registry.DatasetAttr):
     files = text_files(attr.path)
     if not files:
         return load_rows(attr)
-    rows = Rows([{TEXT_COLUMN: line} for f in files for line in _text_of(f, attr.name).splitlines()])
+    rows = Rows([{TEXT_COLUMN: line} for f in files for line in read_text(f, attr.name).splitlines()])
     return rows.select(range(min(attr.num_samples, len(rows)))) if attr.num_samples is not None else rows
 
 
@@ -70,7 +70,7 @@ def to_documents(rows, attr: registry.DatasetAttr, strict: bool) -> tuple[list[s
     texts, empty, bad, first_bad = [], 0, 0, None
     for i, row in enumerate(rows):
         try:
-            text = _text(row.get(column), column)
+            text = field_text(row.get(column), column)
         except ValueError as e:
             bad += 1
             first_bad = first_bad or f"row {i}: {e}"
