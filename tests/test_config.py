@@ -174,3 +174,14 @@ def test_packing_is_resolved_on_where_exact():
     # prompt learning puts virtual tokens in front of the row, which packing cannot keep apart
     assert packing(finetuning_type="prefix") is False
     assert packing(finetuning_type="prompt") is False
+
+
+def test_yaml_booleans_read_back_as_the_word_a_choice_spells():
+    from typing import Literal
+
+    from tuneforge.config.fields import coerce
+
+    assert coerce(False, Literal["error", "warn", "off"]) == "off"  # YAML 1.1: a bare `off` is False
+    assert coerce(True, Literal["on", "auto"]) == "on"
+    with pytest.raises(ValueError, match="must be one of a, b"):
+        coerce(True, Literal["a", "b"])

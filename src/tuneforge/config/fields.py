@@ -14,6 +14,9 @@ def field(default: Any = dataclasses.MISSING, help: str = "", **kw) -> Any:  # n
     return dataclasses.field(default=default, metadata={"help": help}, **kw)
 
 
+YAML_BOOL_WORDS = {True: ("on", "yes", "true"), False: ("off", "no", "false")}
+
+
 def _parse_scalar(text: str) -> Any:
     """Read a `key=value` override's value the way YAML would (`1e-4`, `true`, `[a, b]`)."""
     import yaml
@@ -46,6 +49,8 @@ def coerce(value: Any, tp: Any) -> Any:
         raise ValueError(errors[0] if errors else f"got {value!r}")
     if origin is Literal:
         choices = get_args(tp)
+        if isinstance(value, bool):  # YAML 1.1 reads a bare off/on/no/yes as a boolean: back to the word a choice spells
+            value = next((c for c in choices if isinstance(c, str) and c in YAML_BOOL_WORDS[value]), value)
         if value in choices:
             return value
         raise ValueError(f"must be one of {', '.join(map(str, choices))} (got {value!r})")
