@@ -82,7 +82,7 @@ def main() -> None:
         rows.append((stage, recipe, est["total_gib"], whole, measured, error, est["batch"]))
         print(f"{stage}: estimate {est['total_gib']:.2f} GiB, measured {measured:.2f} GiB above baseline ({whole:.2f} whole), "
               f"{error:+.1f}%, {wall:.0f}s", flush=True)
-    print(f"\n| stage | recipe | estimate GiB | peak RSS GiB (whole process) | above baseline | error | batch the estimate counts |")
+    print("\n| stage | recipe | estimate GiB | peak RSS GiB (whole process) | above baseline | error | batch the estimate counts |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for stage, recipe, est, whole, measured, error, batch in rows:
         print(f"| {stage} | {recipe} | {est:.2f} | {whole:.2f} | {measured:.2f} | {error:+.1f}% | {batch} |")

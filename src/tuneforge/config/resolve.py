@@ -6,7 +6,6 @@ resolved config, so `tuneforge_config.yaml` shows what actually ran."""
 
 import copy
 import logging
-import os
 
 log = logging.getLogger("tuneforge.config")
 
