@@ -267,15 +267,25 @@ def cmd_api(args: list[str]) -> int:
 
 
 def cmd_export(args: list[str]) -> int:
-    """tuneforge export [CONFIG] key=value ...: merge an adapter into its base and save a standalone folder."""
+    """tuneforge export [CONFIG] key=value ...: merge an adapter into its base, save a folder or a GGUF, check it."""
     if args and args[0] in ("-h", "--help"):
-        print("usage: tuneforge export [CONFIG.yaml] model_name_or_path=M adapter_name_or_path=A export_dir=D "
-              "[export_size=5 (GB per shard)] [export_dtype=bfloat16|float16|float32] [export_ollama=true] [export_overwrite=true]")
+        print("usage: tuneforge export [CONFIG.yaml] model_name_or_path=M adapter_name_or_path=A export_dir=D\n"
+              "  [export_format=hf|gguf] [export_dtype=bfloat16|float16|float32 (hf)] [export_size=5 (GB per shard, hf)]\n"
+              "  [gguf_quantization=f16|f32|bf16|q8_0|q5_1|q5_0|q4_1|q4_0 (gguf)] [export_ollama=true] [export_overwrite=true]\n"
+              "  [export_verify=error|warn|off] [export_probe_file=probes.json] [export_probe_tokens=24]\n"
+              "  The export is checked against base + adapter on probe chats; the verdict is printed and the details\n"
+              "  are in EXPORT_DIR/export_report.json (on failure: EXPORT_DIR.export_report.json, EXPORT_DIR untouched).")
         return 0
+    import json
+
     from tuneforge.export import export_model
 
     cfg, _ = _infer_config(args, purpose="export")
     out = export_model(cfg)
+    report = os.path.join(out, "export_report.json")
+    if os.path.isfile(report):
+        with open(report, encoding="utf-8") as fh:
+            print(f"export check: {json.load(fh)['verdict']} (details: {report})")
     print(f"exported to {out}")
     return 0
 

@@ -155,13 +155,29 @@ class GenerationSection:
 
 @dataclass
 class ExportSection:
-    """Merging an adapter into its base and saving a standalone model folder."""
+    """Merging an adapter into its base, saving a standalone model folder or GGUF, and checking it against the trained model."""
 
-    export_dir: str = field("", help="Folder for the merged model (safetensors, tokenizer, chat template).")
-    export_size: float = field(5.0, help="Largest safetensors shard, in GB.")
-    export_dtype: Literal["float32", "bfloat16", "float16"] = field("bfloat16", help="Weight dtype of the exported model.")
-    export_ollama: bool = field(False, help="Also write an Ollama Modelfile built from the chat template.")
+    export_dir: str = field("", help="Folder for the merged model (safetensors, tokenizer, chat template) or the GGUF.")
+    export_format: Literal["hf", "gguf"] = field(
+        "hf", help="hf: a Hugging Face folder (safetensors); gguf: one model.gguf for llama.cpp/Ollama (Llama, Mistral, Qwen 2/3).")
+    export_size: float = field(5.0, help="Largest safetensors shard, in GB (export_format hf).")
+    export_dtype: Literal["float32", "bfloat16", "float16"] = field("bfloat16", help="Weight dtype of the exported model (export_format hf).")
+    gguf_quantization: Literal["f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"] = field(
+        "f16", help="GGUF weight type (export_format gguf); q4/q5 keep embeddings and output at q8_0, norms stay f32.")
+    export_ollama: bool = field(False, help="Also write an Ollama Modelfile built from the chat template (FROM ./model.gguf for gguf).")
     export_overwrite: bool = field(False, help="Replace an existing, non-empty export_dir.")
+    export_verify: Literal["error", "warn", "off"] = field(
+        "error", help="Check the export against base + adapter on probe chats (answers, logits, special tokens, chat template) "
+                      "and write export_report.json; error: a mismatch fails the export, warn: keep it with the report, "
+                      "off: no check.")
+    export_probe_file: str = field("", help="JSON list of probe questions or chats for the export check (default: 3 built-in chats).")
+    export_probe_tokens: int = field(24, help="Greedy tokens generated per probe chat in the export check.")
 
     def validate(self) -> list[str]:
-        return [f"export_size must be > 0 GB (got {self.export_size})"] if self.export_size <= 0 else []
+        problems = [f"export_size must be > 0 GB (got {self.export_size})"] if self.export_size <= 0 else []
+        if self.export_probe_tokens <= 0:
+            problems.append(f"export_probe_tokens must be > 0 (got {self.export_probe_tokens})")
+        if self.export_format == "gguf" and importlib.util.find_spec("gguf") is None:
+            problems.append("export_format gguf needs the gguf package: pip install gguf")
+        return problems
+

@@ -47,9 +47,10 @@ def _go(text: str) -> str:
     return text.replace("{{", "{{ `{{` }}")
 
 
-def ollama_modelfile(tok) -> str:
-    """Modelfile text: FROM the exported folder, TEMPLATE from the chat template, stop on the end-of-turn token."""
-    lines = ["# Ollama Modelfile written by tuneforge export:  ollama create my-model -f Modelfile", "FROM ."]
+def ollama_modelfile(tok, source: str = ".", generation=None) -> str:
+    """Modelfile text: FROM `source` (the exported folder, or `./model.gguf`), TEMPLATE from the chat template, stop
+    on the end-of-turn token, and the chat settings of a GenerationSection as PARAMETERs."""
+    lines = ["# Ollama Modelfile written by tuneforge export:  ollama create my-model -f Modelfile", f"FROM {source}"]
     w = _wrappers(tok) if tok.chat_template else None
     if w:
         # no `{{-` trim markers: they would eat the newlines that are part of the turn wrappers
@@ -68,4 +69,7 @@ def ollama_modelfile(tok) -> str:
     stops = [t for t in {tok.eos_token, *(w and [w["assistant_suffix"].strip()] or [])} if t]
     for stop in sorted(stops):
         lines.append(f'PARAMETER stop "{stop}"')
+    if generation is not None:
+        lines += [f"PARAMETER temperature {generation.temperature}", f"PARAMETER top_p {generation.top_p}",
+                  f"PARAMETER top_k {generation.top_k}", f"PARAMETER repeat_penalty {generation.repetition_penalty}"]
     return "\n".join(lines) + "\n"
