@@ -1,7 +1,7 @@
 """Predicted vs measured memory for short real trainings on the CPU.
 
 Models: SmolLM2-135M-Instruct, a tiny random GQA Llama (6 layers, 256 wide, 8 heads / 2 KV heads) and a tiny
-random model with a large vocabulary (128,256 entries, untied head). Methods: full, freeze, lora, qlora 4-bit,
+random model with a large vocabulary (128,256 entries, untied head). Methods: full, freeze, lora, qlora 4-bit and 8-bit,
 lora + 8-bit AdamW, lora + gradient checkpointing (every layer, every 2nd layer), galore, lisa. Every batch is exactly batch x cutoff tokens (the
 rows are long and truncated), so the estimate's b and s are the real ones.
 
@@ -34,6 +34,7 @@ METHODS = {
     "freeze": ["finetuning_type=freeze", "freeze_trainable_layers=2"],
     "lora": ["finetuning_type=lora"],
     "qlora4": ["finetuning_type=lora", "quantization_bit=4"],
+    "qlora8": ["finetuning_type=lora", "quantization_bit=8"],
     "lora+adam8bit": ["finetuning_type=lora", "optim=adamw_bnb_8bit"],
     "lora+gc": ["finetuning_type=lora", "gradient_checkpointing=true"],
     "lora+gc2": ["finetuning_type=lora", "gradient_checkpointing=true", 'gradient_checkpointing_kwargs={"every_n_layers": 2}'],

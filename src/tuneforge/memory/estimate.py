@@ -5,8 +5,8 @@ buffers) and overhead, from a model's config.json alone. What a method trains an
 Two conventions:
 - `realistic` (default): what PyTorch really keeps: the real architecture (GQA, gated MLP widths, tied
   embeddings), gradients, fp32 master weights where they exist, the tensors autograd saves per layer,
-  vocabulary-sized fp32 buffers around the loss, framework and allocator overhead. Three constants
-  (LOSS_BUFFERS, CPU_FRAMEWORK, the CPU 4-bit dequantized copies) were fitted to measured peaks.
+  vocabulary-sized fp32 buffers around the loss, framework and allocator overhead. Two constants
+  (LOSS_BUFFERS, CPU_FRAMEWORK) were fitted to measured peaks.
 - `article`: the seed article's accounting (bf16 weights, fp32 AdamW states, no gradients, Korthikanti
   activations s*b*h*(34 + 5*a*s/h) per layer at 2 bytes per unit; checkpointing keeps sqrt(L) layers).
 """
@@ -310,9 +310,9 @@ def estimate_shape(shape: ModelShape, x: EstimateInput, convention: str = "reali
         weights += ref
         detail["weights"] += f" + {x.reference_copies:g} frozen reference cop{'y' if x.reference_copies == 1 else 'ies'} of the base"
     acts = activation_bytes(shape, x, detail, fp)
-    if x.quantization_bit and x.device == "cpu":  # measured: bitsandbytes' CPU path keeps dequantized weights
-        acts += shape.layers * shape.layer_linear_params * 4
-        detail["activations"] += "; + dequantized fp32 copies of the quantized weights (bitsandbytes on the CPU)"
+    if x.quantization_bit:  # a quantized base is dequantized one linear at a time, in forward and in backward
+        acts += max(a * b for a, b in shape.linears().values()) * BYTES[x.autocast or x.dtype]
+        detail["activations"] += "; + one linear's dequantized weight"
     if x.autocast and x.dtype == "float32":  # autocast caches 16-bit copies of trainable base-dtype weights
         acts += fp.values(WEIGHT, COPY) * BYTES[x.autocast]
     # CUDA: the context (outside torch's allocator). CPU: tokenizer, datasets and Trainer objects in the process.

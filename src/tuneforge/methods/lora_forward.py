@@ -11,7 +11,9 @@ something; in a decoder layer that is now the down projection's adapter, so the 
 projection's frozen matmul (~25% of a layer's FLOPs; LoRA with checkpointing ran ~4% faster, without it the same).
 
 Only the vanilla single-adapter case takes this path (no dropout, no DoRA or other variant, no LoRA bias, not
-merged, a frozen `nn.Linear` base, one dtype, no autocast); every other call goes to peft's own forward.
+merged, a frozen `nn.Linear` base, one dtype, no autocast); every other call goes to peft's own forward. peft's
+LoRA layers on bitsandbytes 4-bit and 8-bit bases take it too while training, with a frozen matmul that
+dequantizes the weight in forward and again in backward (`qlora_forward`).
 """
 
 import types
@@ -19,6 +21,8 @@ import types
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from tuneforge.methods import qlora_forward
 
 
 class _FrozenLinearAdd(torch.autograd.Function):
@@ -48,26 +52,64 @@ def _fast_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if not (x.dtype == a.dtype == b.dtype == base.weight.dtype):
         return plain(self, x, *args, **kwargs)
     x2 = x.reshape(-1, x.shape[-1])
-    h = F.linear(x2, a) * self.scaling[name]  # rank-r wide: scaling here is cheap
-    add = torch.mm(h, b.t()) if base.bias is None else torch.addmm(base.bias, h, b.t())
-    out = _FrozenLinearAdd.apply(add, x2, base.weight)
+    out = _FrozenLinearAdd.apply(_adapter_output(self, name, x2), x2, base.weight)
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
+def _adapter_output(self, name: str, x2: torch.Tensor) -> torch.Tensor:
+    """`B (s A x)` plus the base's bias: what the frozen matmul adds its product to."""
+    a, b, bias = self.lora_A[name].weight, self.lora_B[name].weight, self.base_layer.bias
+    h = F.linear(x2, a) * self.scaling[name]  # rank-r wide: scaling here is cheap
+    return torch.mm(h, b.t()) if bias is None else torch.addmm(bias, h, b.t())
+
+
+def _quantized_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """The fused forward over a bitsandbytes 4/8-bit base: the frozen matmul dequantizes on demand."""
+    plain = type(self).forward
+    if args or kwargs or self.disable_adapters or self.merged or len(self.active_adapters) != 1:
+        return plain(self, x, *args, **kwargs)
+    name = self.active_adapters[0]
+    if (name not in self.lora_A or name in self.lora_variant or not isinstance(self.lora_dropout[name], nn.Identity)
+            or self.lora_B[name].bias is not None or torch.is_autocast_enabled(x.device.type)):
+        return plain(self, x, *args, **kwargs)
+    a, b = self.lora_A[name].weight, self.lora_B[name].weight
+    weight = qlora_forward.frozen_weight(self.base_layer, x) if x.dtype == a.dtype == b.dtype else None
+    if weight is None:
+        return plain(self, x, *args, **kwargs)
+    x2 = x.reshape(-1, x.shape[-1])
+    out = qlora_forward.DequantLinearAdd.apply(_adapter_output(self, name, x2), x2, weight)
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def _quantized_classes() -> tuple:
+    """peft's LoRA layers over bitsandbytes bases (none when bitsandbytes is not installed)."""
+    try:
+        from peft.tuners.lora import bnb
+    except ImportError:
+        return ()
+    return tuple(getattr(bnb, n) for n in ("Linear4bit", "Linear8bitLt") if hasattr(bnb, n))
+
+
 def fuse(model: nn.Module) -> int:
-    """Give every plain peft LoRA Linear in `model` the fused forward; returns how many modules it changed."""
+    """Give every plain peft LoRA Linear in `model`, and every one over a bitsandbytes base, the fused forward;
+    returns how many modules it changed."""
     from peft.tuners.lora.layer import Linear
 
+    quantized = _quantized_classes()
     count = 0
     for module in model.modules():
-        if type(module) is Linear:  # subclasses (bnb, torchao, ...) keep their own forward
+        if type(module) is Linear:  # other subclasses (torchao, ...) keep their own forward
             module.forward = types.MethodType(_fast_forward, module)
-            count += 1
+        elif type(module) in quantized:
+            module.forward = types.MethodType(_quantized_forward, module)
+        else:
+            continue
+        count += 1
     return count
 
 
 def unfuse(model: nn.Module) -> None:
     """Back to peft's forward everywhere (the instance attribute set by `fuse` is removed)."""
     for module in model.modules():
-        if "forward" in vars(module) and getattr(module.forward, "__func__", None) is _fast_forward:
+        if "forward" in vars(module) and getattr(module.forward, "__func__", None) in (_fast_forward, _quantized_forward):
             del module.forward

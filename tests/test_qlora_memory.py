@@ -1,0 +1,45 @@
+"""QLoRA's memory accounting: the estimator counts quantized bytes plus one dequantized linear, and the peak RSS a
+run reports is its own program's (not the process image it was exec'd from)."""
+
+import subprocess
+import sys
+import textwrap
+
+from tuneforge.memory.estimate import GIB, EstimateInput, estimate_shape
+from tuneforge.memory.shapes import ModelShape
+
+LLAMA_3B = ModelShape.from_config(dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+                                       num_key_value_heads=8, head_dim=128, tie_word_embeddings=True, vocab_size=128256,
+                                       model_type="llama"))
+
+
+def _report(**kw):
+    return estimate_shape(LLAMA_3B, EstimateInput(finetuning_type="lora", batch=1, seq=256, **kw))
+
+
+def test_quantized_base_costs_its_quantized_bytes_plus_one_linear():
+    lora, q4, q8 = _report(), _report(quantization_bit=4), _report(quantization_bit=8)
+    linears = LLAMA_3B.layers * LLAMA_3B.layer_linear_params
+    # the linears go from 4 bytes to ~0.52 (NF4 + double quantization) or ~1; the embedding stays fp32
+    assert 0.12 < (q4.weights - LLAMA_3B.embedding_params * 4) / (linears * 4) < 0.14
+    assert 0.25 <= (q8.weights - LLAMA_3B.embedding_params * 4) / (linears * 4) < 0.26
+    largest_linear = 8192 * 3072 * 4
+    assert q4.activations - lora.activations == largest_linear == q8.activations - lora.activations
+    assert q4.total < 6 * GIB < 13 * GIB < lora.total
+
+
+def test_peak_rss_is_this_programs_own():
+    """A process that held 256 MiB and then exec'd (as `tuneforge train` re-executes itself under tcmalloc): ru_maxrss
+    keeps the old image's peak, peak_rss_gib reports the new program's."""
+    child = "import resource; from tuneforge.train.procstats import peak_rss_gib; " \
+            "print(peak_rss_gib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)"
+    parent = textwrap.dedent(f"""
+        import os, sys
+        block = bytearray(256 * 2**20)
+        block[::4096] = b"x" * len(block[::4096])  # touch every page
+        del block
+        os.execv(sys.executable, [sys.executable, "-c", {child!r}])
+    """)
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, check=True).stdout.split()
+    own, inherited = float(out[0]), float(out[1])
+    assert inherited > 0.25 > 0.2 > own
