@@ -290,6 +290,31 @@ def cmd_export(args: list[str]) -> int:
     return 0
 
 
+def cmd_eval(args: list[str]) -> int:
+    """tuneforge eval [CONFIG] [key=value ...]: multiple choice, generation metrics, perplexity; --compare A B: side by side."""
+    if args and args[0] in ("-h", "--help"):
+        print("usage: tuneforge eval [CONFIG.yaml] [model_name_or_path=M] [adapter_name_or_path=A] [key=value ...]\n"
+              "  multiple choice: task_dir=path/to/task [split=test] or task_dir=evaluation task=mmlu_test; n_shot=5 lang=en|zh\n"
+              "  generation: predict=true with eval_dataset=NAME (or dataset=NAME val_size=0.1); max_new_tokens=128\n"
+              "  perplexity: perplexity_dataset=NAME; batch_size=4 save_dir=DIR (results.json, generated_predictions.jsonl)\n"
+              "  tuneforge eval --compare A/results.json B/results.json   two results side by side (before/after)")
+        return 0
+    from tuneforge.evaluate import compare, evaluate, load, table
+
+    if args and args[0] == "--compare":
+        if len(args) != 3:
+            from tuneforge import TuneforgeError
+
+            raise TuneforgeError("--compare takes two results files: tuneforge eval --compare A/results.json B/results.json")
+        print(f"A = {args[1]}\nB = {args[2]}")
+        print(compare(load(args[1]), load(args[2])))
+        return 0
+    cfg, _ = _infer_config(args, purpose="eval")
+    record = evaluate(cfg, save_dir=cfg.eval.save_dir or cfg.output.output_dir or None)
+    print(table(record))
+    return 0
+
+
 def cmd_data(args: list[str]) -> int:
     """tuneforge data check [CONFIG] [key=value ...] [--json]: the dataset doctor (tokenizer only, no model weights)."""
     usage = ("usage: tuneforge data check [CONFIG.yaml] [key=value ...] [--json]\n"
@@ -334,7 +359,7 @@ def cmd_version(args: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "estimate": cmd_estimate, "chat": cmd_chat, "api": cmd_api, "export": cmd_export,
-            "version": cmd_version, "data": cmd_data}
+            "version": cmd_version, "data": cmd_data, "eval": cmd_eval}
 
 
 def _preload_allocator(args: list[str]) -> None:

@@ -10,6 +10,7 @@ RENAMED: dict[str, tuple[str, Any]] = {
     "flash_attn": ("attn_implementation", lambda v: {"fa2": "flash_attention_2", "disabled": "eager"}.get(v, "sdpa")),
     # LLaMA-Factory checkpoints activations unless told not to
     "disable_gradient_checkpointing": ("gradient_checkpointing", lambda v: not v),
+    "predict_with_generate": ("predict", None),  # LLaMA-Factory's switch for generation metrics on the eval rows
     "infer_dtype": ("torch_dtype", lambda v: "auto" if v in ("auto", None) else {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(v, v)),
 }
 
@@ -29,10 +30,10 @@ include_tokens_per_second infer_backend kt_optimize_rule kto_chosen_weight kto_r
 logging_dir lora_bf16_mode lora_target_modules loraplus_lr_embedding low_cpu_mem_usage mixture_of_depths
 model_max_length model_revision moe_aux_loss_coef ms_hub_token neat_packing new_special_tokens num_beams
 offload_folder om_hub_token overwrite_cache_dir pissa_convert plot_loss_dir
-predict_with_generate pref_bco_weight pref_beta pref_loss print_param_status
+pref_bco_weight pref_beta pref_loss print_param_status
 quantization_device_map ray_init_kwargs ray_num_workers ray_run_name ray_storage_filesystem ray_storage_path
 resize_vocab reward_model_adapters reward_model_quantization_bit rope_scaling
-save_safetensors shift_attn skip_special_tokens split swanlab_api_key swanlab_lark_secret
+save_safetensors shift_attn skip_special_tokens swanlab_api_key swanlab_lark_secret
 swanlab_lark_webhook_url swanlab_logdir swanlab_mode swanlab_project swanlab_run_name swanlab_workspace
 tokenized_path tool_format train_from_scratch train_mm_proj_only upcast_layernorm upcast_lmhead_output use_adam_mini
 use_apollo use_audio_in_video use_badam use_fast_tokenizer use_kt use_llama_pro use_muon use_reentrant_gc use_swanlab
@@ -50,6 +51,7 @@ overwrite_output_dir resume_from_checkpoint lora_rank lora_alpha lora_dropout lo
 use_rslora pissa_init pissa_iter loraplus_lr_ratio freeze_trainable_layers freeze_trainable_modules freeze_extra_modules
 galore_target galore_rank galore_update_interval galore_scale galore_layerwise temperature top_p top_k max_new_tokens
 repetition_penalty default_system export_dir export_size seed
+task task_dir split n_shot lang batch_size save_dir
 ppo_buffer_size ppo_epochs ppo_score_norm ppo_target ppo_whiten_rewards reward_model reward_model_type
 """.split())
 
@@ -66,6 +68,10 @@ def normalize(flat: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     from tuneforge.methods.registry import METHODS
 
     flat, notes = dict(flat), []
+    if flat.get("template") == "fewshot":  # LLaMA-Factory's plain-text template for its evaluator
+        del flat["template"]
+        notes.append("template: fewshot is LLaMA-Factory's evaluation template; multiple-choice prompts here are plain text "
+                     "already, so the tokenizer's own template (auto) is kept for everything else")
     for method in METHODS.values():
         if method.llamafactory is not None:
             flat, more = method.llamafactory(flat)

@@ -13,14 +13,15 @@ from tuneforge.config import compat
 from tuneforge.config.errors import ConfigError, did_you_mean
 from tuneforge.config.fields import coerce, section_fields
 from tuneforge.config.registry import METHOD_SECTIONS
-from tuneforge.config.schema import DataSection, ExportSection, GenerationSection, MethodSection, ModelSection, OutputSection
+from tuneforge.config.schema import (DataSection, EvalSection, ExportSection, GenerationSection, MethodSection, ModelSection,
+                                     OutputSection)
 from tuneforge.config.train_args import DEFAULTS as TRAIN_DEFAULTS
 from tuneforge.config.train_args import TrainSection, coerce_training_value, training_fields
 
 logger = logging.getLogger(__name__)
 
 BASE_SECTIONS = {"model": ModelSection, "data": DataSection, "method": MethodSection, "output": OutputSection,
-                 "generation": GenerationSection, "export": ExportSection}
+                 "generation": GenerationSection, "export": ExportSection, "eval": EvalSection}
 
 
 @dataclass
@@ -36,6 +37,7 @@ class RunConfig:
     output: OutputSection
     generation: GenerationSection
     export: ExportSection
+    eval: EvalSection
     train: TrainSection
     methods: dict[str, Any]  # method name -> its section (e.g. "lora" -> LoraSection)
     ignored: list[str] = dataclasses.field(default_factory=list)  # LLaMA-Factory keys accepted but not acted on
@@ -188,7 +190,7 @@ def load(path: str | None = None, overrides: list[str] | dict[str, Any] | None =
     Args:
         path: a YAML file, or None.
         overrides: `key=value` strings or a dict, applied over the file.
-        purpose: `train` (needs output_dir), `export` (needs export_dir) or `infer` (needs neither).
+        purpose: `train` (needs output_dir), `export` (needs export_dir), `eval` (needs something to evaluate) or `infer`.
 
     Raises:
         ConfigError: listing every unknown key (with a did-you-mean), wrong type and invalid value as (key, message).
@@ -264,7 +266,8 @@ def from_flat(flat: dict[str, Any], purpose: str = "train") -> RunConfig:
 
     cfg = RunConfig(
         model=sections["model"], data=sections["data"], method=sections["method"], output=sections["output"],
-        generation=sections["generation"], export=sections["export"], train=TrainSection(train_args), ignored=sorted(set(ignored)),
+        generation=sections["generation"], export=sections["export"], eval=sections["eval"], train=TrainSection(train_args),
+        ignored=sorted(set(ignored)),
         methods={n: next(sections[k] for k, c in sections_cls.items() if c is cls) for n, cls in METHOD_SECTIONS.items()},
         given=given,
     )
@@ -302,8 +305,10 @@ def _validate(cfg: RunConfig, given: set[str], purpose: str) -> list:
     from tuneforge.stages.registry import STAGES
 
     problems: list = []
-    for section in (cfg.model, cfg.data, cfg.method, cfg.train, cfg.generation, cfg.export):
+    for section in (cfg.model, cfg.data, cfg.method, cfg.train, cfg.generation, cfg.export, cfg.eval):
         problems += section.validate()
+    if purpose == "eval" or (purpose == "train" and cfg.eval.eval_before_after):
+        problems += cfg.eval.validate_run(given, cfg.data)
     if purpose == "train":
         problems += cfg.output.validate()
     if purpose == "export" and not cfg.export.export_dir:

@@ -181,3 +181,46 @@ class ExportSection:
             problems.append("export_format gguf needs the gguf package: pip install gguf")
         return problems
 
+
+@dataclass
+class EvalSection:
+    """`tuneforge eval` and `eval_before_after`: multiple-choice tasks, generation metrics and perplexity (LLaMA-Factory's
+    evaluation keys where it had one)."""
+
+    task: str | None = field(None, help="Multiple-choice task folder under task_dir, as <name> or <name>_<split> (mmlu_test, "
+                                        "ceval_validation, cmmlu_test); leave it out when task_dir is one task's folder.")
+    task_dir: str = field("evaluation", help="Folder holding the task folders, or one task's folder (with dev/, val/, test/ "
+                                             "of <subject>_<split>.csv files); giving it turns multiple choice on.")
+    split: str = field("test", help="Which split folder of the task is scored (dev, val/validation, test); a task name's "
+                                    "_<split> suffix wins.")
+    n_shot: int = field(5, help="Solved examples from the subject's dev split put before each question.")
+    lang: Literal["en", "zh"] = field("en", help="Prompt language: en (the MMLU prompt) or zh (the C-Eval prompt).")
+    batch_size: int = field(4, help="Sequences scored or generated at once.")
+    save_dir: str | None = field(None, help="Folder for results.json and generated_predictions.jsonl (default: output_dir "
+                                            "when set; otherwise results are only printed).")
+    overwrite_save_dir: bool = field(False, help="Replace a save_dir that already holds files.")
+    predict: bool = field(False, help="Generate greedily for the held-out rows (eval_dataset, or dataset with val_size) and "
+                                      "score BLEU-4, ROUGE-1/2/L and exact match.")
+    perplexity_dataset: list[str] = field([], help="Plain-text datasets (names or files, as for stage pt) whose "
+                                                   "perplexity is measured.")
+    eval_before_after: bool = field(False, help="With `tuneforge train`: evaluate before and after training (these eval "
+                                                "keys), write output_dir/eval_before and eval_after, print them side by side.")
+
+    def validate(self) -> list:
+        problems = []
+        if self.n_shot < 0:
+            problems.append(f"n_shot must be >= 0 (got {self.n_shot})")
+        if self.batch_size <= 0:
+            problems.append(f"batch_size must be > 0 (got {self.batch_size})")
+        if not self.split.strip():
+            problems.append("split is empty; use test, val or dev")
+        return problems
+
+    def validate_run(self, given: set[str], data) -> list:
+        """For an evaluation that will run: something to evaluate, and held-out rows for predict."""
+        if not (self.task or "task_dir" in given or self.predict or self.perplexity_dataset or "do_predict" in given):
+            return [("task", "nothing to evaluate: set task/task_dir (multiple choice), predict: true (generation metrics) "
+                             "or perplexity_dataset")]
+        if self.predict and not data.eval_dataset and not (data.dataset and data.val_size):
+            return [("predict", "predict needs held-out rows: set eval_dataset, or dataset with val_size")]
+        return []

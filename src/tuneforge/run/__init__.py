@@ -45,7 +45,13 @@ def train(cfg) -> dict:
                 output_dir=os.path.abspath(cfg.output.output_dir), resume_from_checkpoint=cfg.output.resume_from_checkpoint,
                 resolved=changed_keys(cfg))
     try:
+        if cfg.eval.eval_before_after:
+            from tuneforge.evaluate import around_training
+
+            first = around_training.before(cfg, events)
         metrics = train_and_save(build(cfg, events), events)
+        if cfg.eval.eval_before_after:
+            around_training.after(cfg, first, events)
     except BaseException as e:
         events.failed(e)
         raise
