@@ -278,7 +278,8 @@ def test_the_estimate_adds_generation_cache_value_head_and_reward(tiny_model_dir
     shape = load_shape(tiny_model_dir)
 
     def estimate(**kw):
-        flat = {"stage": "ppo", "model_name_or_path": tiny_model_dir, "output_dir": "o", "max_new_tokens": 16, **kw}
+        flat = {"stage": "ppo", "model_name_or_path": tiny_model_dir, "output_dir": "o", "max_new_tokens": 16,
+                "reward_model": "saves/rm", **kw}
         return estimate_for(config.resolve(config.from_flat(flat), quiet=True), shape, Batch(2, 20, 20, 2, "two prompts"))
 
     report, x = estimate()
