@@ -63,6 +63,7 @@ def build(cfg, events: EventLog | None = None) -> Prepared:
     """Everything before the first step: preflight, model folder, tokenizer, the stage's data, the memory check on its
     real largest batch, the model with the method applied, the stage's trainer with the run's callbacks."""
     from tuneforge import config, preflight, stages
+    from tuneforge.run.hooks import run_callbacks
     from tuneforge.run.memory_check import check as memory_check
     from tuneforge.stages.common import load_model, load_tokenizer
     from tuneforge.train.callbacks import EventCallback, JsonlLogger, TokenCounter
@@ -81,7 +82,7 @@ def build(cfg, events: EventLog | None = None) -> Prepared:
     model = (stage.load_model or load_model)(cfg, folder)
     counter = TokenCounter()
     trainer = stage.build_trainer(cfg, model, tokenizer, datasets, collator,
-                                  [JsonlLogger(cfg.output.output_dir), counter, EventCallback(events)])
+                                  [JsonlLogger(cfg.output.output_dir), counter, EventCallback(events), *run_callbacks(cfg, events)])
     trainer.token_counter = counter
     return Prepared(trainer, cfg, stats)
 
