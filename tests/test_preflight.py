@@ -88,6 +88,7 @@ def test_resume_auto_picks_the_newest_checkpoint(tmp_path):
 
     for n in (5, 20, 10):
         (tmp_path / f"checkpoint-{n}").mkdir()
+        (tmp_path / f"checkpoint-{n}" / "trainer_state.json").write_text("{}")  # an empty folder is no checkpoint
     cfg = config.load(None, {"output_dir": str(tmp_path), "resume_from_checkpoint": "auto"})
     assert resolve_resume(cfg.output) == os.path.join(str(tmp_path), "checkpoint-20")
 

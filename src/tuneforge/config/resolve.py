@@ -114,11 +114,12 @@ def _dtype(cfg, fill) -> None:
 def _resume(cfg, fill) -> None:
     if cfg.output.resume_from_checkpoint != "auto":
         return
-    from tuneforge.train.output import checkpoints
+    from tuneforge.train.output import newest_complete
 
-    found = checkpoints(cfg.output.output_dir)
-    fill("resume_from_checkpoint", found[-1] if found else None,
-         f"auto: the newest checkpoint in {cfg.output.output_dir}" if found else f"auto: no checkpoint in {cfg.output.output_dir} yet")
+    out = cfg.output.output_dir
+    found, skipped = newest_complete(out)
+    why = f"auto: the newest complete checkpoint in {out}" if found else f"auto: no complete checkpoint in {out} yet"
+    fill("resume_from_checkpoint", found, why + "".join(f"; {line}" for line in skipped))
 
 
 def changed_keys(cfg) -> dict:

@@ -3,7 +3,8 @@
 are frozen without gradients. Unlike the public implementations, the optimizer state of layers switched off is
 released at every switch, so memory stays at (embeddings + head + lisa_layers layers), not creeping to full AdamW.
 
-The active set of switch k is a pure function of (seed, k), so resuming at any step restores it exactly.
+The active set of switch k is a pure function of (seed, k), so resuming at any step restores it exactly; each
+checkpoint also records it (checkpoint_state), and a resume keeps the recorded set for the interval in progress.
 The optimizer is built over every parameter once (a frozen parameter has no gradient, so AdamW skips it)."""
 
 import logging
@@ -93,8 +94,18 @@ class LisaCallback(TrainerCallback):
 
     def __init__(self, k: int, interval: int, seed: int, release_state: bool = True):
         self.k, self.interval, self.seed, self.release_state = k, interval, seed, release_state
-        self.current = None
+        self.current, self.restored = None, None
         self.history: list[tuple[int, list[int]]] = []  # (step, active layers) at each switch
+
+    def checkpoint_state(self) -> dict:
+        """Saved in each checkpoint (train/resume_fingerprint.py): the switch in progress and its active layers."""
+        return {"switch": self.current, "active": self.history[-1][1] if self.history else None,
+                "k": self.k, "interval": self.interval, "seed": self.seed}
+
+    def restore_checkpoint_state(self, saved: dict) -> None:
+        """On resume: the switch in progress keeps the layers it was saved with (the same as `active_layers` gives,
+        unless the sampling settings changed under ignore_data_skip); later switches sample as usual."""
+        self.restored = saved
 
     def _switch(self, model, optimizer, step: int):
         switch = step // self.interval
@@ -102,6 +113,12 @@ class LisaCallback(TrainerCallback):
             return
         _, layers = decoder_layers(model)
         active = active_layers(len(layers), self.k, self.seed, switch)
+        saved, self.restored = self.restored, None
+        if (saved and saved.get("switch") == switch and saved.get("interval") == self.interval and saved.get("active") is not None
+                and saved["active"] != active):
+            log.warning("LISA: the checkpoint trained layers %s in this interval, not the %s sampled now (lisa settings or "
+                        "seed changed); keeping the checkpoint's until the next switch", saved["active"], active)
+            active = list(saved["active"])
         released = _set_layers(model, layers, set(active), optimizer if self.release_state else None)
         self.current = switch
         self.history.append((step, active))

@@ -53,11 +53,13 @@ def training_arguments(cfg):
 
 def build_trainer(cfg, model, tokenizer, datasets: dict, collator, callbacks: list, trainer_cls=None, **trainer_kwargs):
     """A Trainer (`trainer_cls`, default transformers.Trainer) with the method's optimizer groups and callbacks plus
-    `callbacks` (the run path's logs and event log)."""
+    `callbacks` (the run path's logs and event log). Its class gets train/checkpoints.AtomicCheckpoints: checkpoints are
+    written atomically and a resume is checked against this run's config and data."""
     import torch
     from transformers import Trainer
 
     from tuneforge import methods
+    from tuneforge.train.checkpoints import with_atomic_checkpoints
 
     method = methods.get(cfg.method.finetuning_type)
     args = training_arguments(cfg)
@@ -66,8 +68,10 @@ def build_trainer(cfg, model, tokenizer, datasets: dict, collator, callbacks: li
         log.warning("optim %s pages optimizer state through CUDA unified memory; on the CPU there is nothing to page to, "
                     "so bitsandbytes keeps the state in ordinary memory (same numbers, no paging)", optim)
     optimizer = method.optimizer(model, cfg, args)
-    return (trainer_cls or Trainer)(
+    trainer = with_atomic_checkpoints(trainer_cls or Trainer)(  # crash-safe checkpoints, checked resumes
         model=model, args=args, train_dataset=datasets["train"], eval_dataset=datasets.get("eval"),
         processing_class=tokenizer, data_collator=collator, optimizers=(optimizer, None),
         callbacks=[*callbacks, *method.callbacks(cfg)], **trainer_kwargs,
     )
+    trainer.run_config = cfg
+    return trainer

@@ -135,10 +135,14 @@ def build_trainer(cfg, model, tokenizer, datasets, collator, callbacks):
     args.trust_remote_code = cfg.model.trust_remote_code  # TRL loads a full fine-tuning's reference with it
     args.include_num_input_tokens_seen = "no"  # TRL counts the prompt and completion tokens itself
     funcs = rewards.build(list(args.reward_funcs), dtype=model.dtype, device=args.device)
-    return GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=datasets["train"],
-                       eval_dataset=datasets.get("eval"), processing_class=tokenizer,
-                       callbacks=[*callbacks, *method.callbacks(cfg), _reference_adapter_dropper()],
-                       optimizers=(method.optimizer(model, cfg, args), None))
+    from tuneforge.train.checkpoints import with_atomic_checkpoints
+
+    trainer = with_atomic_checkpoints(GRPOTrainer)(model=model, reward_funcs=funcs, args=args, train_dataset=datasets["train"],
+                                                   eval_dataset=datasets.get("eval"), processing_class=tokenizer,
+                                                   callbacks=[*callbacks, *method.callbacks(cfg), _reference_adapter_dropper()],
+                                                   optimizers=(method.optimizer(model, cfg, args), None))
+    trainer.run_config = cfg  # the resume fingerprint compares against it
+    return trainer
 
 
 def _reference_adapter_dropper():

@@ -5,17 +5,19 @@ import logging
 import torch
 from transformers import Trainer
 
+from tuneforge.train.checkpoints import AtomicCheckpoints
 from tuneforge.train.loss import IGNORE_INDEX, fused_head_ok, linear_cross_entropy, select_head_rows, shift_labels
 
 log = logging.getLogger(__name__)
 
 
-class SupervisedLossTrainer(Trainer):
+class SupervisedLossTrainer(AtomicCheckpoints, Trainer):
     """`compute_loss` projects only supervised positions onto the vocabulary (chunked, for plain heads).
 
     The value equals the model's own loss on the same batch (tests hold it to 1e-5); gradients flow through the
     model's forward, so DDP, PEFT adapters and gradient checkpointing behave as usual. Falls back to the
     standard path for evaluation with outputs, label smoothing, custom loss functions, or a head it cannot see.
+    Checkpoints are written atomically (AtomicCheckpoints, train/checkpoints.py).
     """
 
     supervised_logits_only = True
