@@ -9,6 +9,8 @@ Records (every one has `event`, `time` (unix seconds) and `run` (this attempt's 
   step      step, total, epoch, loss, learning_rate, grad_norm, tokens_per_second, eta_s (loss and lr on logging steps)
   finished  metrics
   failed    error, key (the config key it is about, or null), problems [{key, message}], type
+  stopped   step, checkpoint (the folder `resume_from_checkpoint: auto` continues from, or null), message: a stop asked
+            for (SIGTERM, the Board's stop button; see train/stop.py), not an error; no final model is written
 Only the main process writes it.
 """
 
@@ -18,6 +20,7 @@ import time
 import uuid
 
 EVENTS_FILE = "events.jsonl"
+FINAL = ("finished", "failed", "stopped")
 PHASES = ("converting_model", "tokenizing", "memory_check", "loading", "training", "evaluating", "saving")
 
 
@@ -63,6 +66,9 @@ class EventLog:
         return report
 
     def failed(self, error: BaseException) -> dict:
+        stopped = getattr(error, "stopped_fields", None)  # train.stop.RunStopped: a stop asked for, not a failure
+        if isinstance(stopped, dict):
+            return self.emit("stopped", **stopped)
         problems = [{"key": p.key, "message": p.message} for p in getattr(error, "problems", [])]
         message = str(error) or type(error).__name__
         if isinstance(error, KeyboardInterrupt):
@@ -77,7 +83,7 @@ def read_events(output_dir: str) -> list[dict]:
 
 def follow(output_dir: str, wait: bool = True, poll_s: float = 0.2, timeout_s: float | None = None, offset: int = 0):
     """Yield events as they are appended, from byte `offset`. With `wait`, keeps waiting for new ones until the run
-    finishes or fails (the last attempt's final event), or `timeout_s` passes; the log need not exist yet."""
+    finishes, fails or is stopped (the last attempt's final event), or `timeout_s` passes; the log need not exist yet."""
     path = os.path.join(output_dir, EVENTS_FILE)
     start, buffer = time.time(), b""
     while True:
@@ -92,7 +98,7 @@ def follow(output_dir: str, wait: bool = True, poll_s: float = 0.2, timeout_s: f
                 if line.strip():
                     record = json.loads(line)
                     yield record
-                    if wait and record["event"] in ("finished", "failed"):
+                    if wait and record["event"] in FINAL:
                         return
         if not wait or (timeout_s is not None and time.time() - start > timeout_s):
             return
@@ -100,7 +106,7 @@ def follow(output_dir: str, wait: bool = True, poll_s: float = 0.2, timeout_s: f
 
 
 def state(events: list[dict]) -> dict:
-    """Where the run stands from its events: state (running, finished, failed or none), phase, the last step record,
+    """Where the run stands from its events: state (running, finished, failed, stopped or none), phase, the last step record,
     the error; only the last attempt (the last `started`) counts."""
     starts = [i for i, e in enumerate(events) if e["event"] == "started"]
     if not starts:
@@ -112,7 +118,7 @@ def state(events: list[dict]) -> dict:
             out["phase"] = e["phase"]
         elif e["event"] == "step":
             out["step"] = e
-        elif e["event"] in ("finished", "failed"):
+        elif e["event"] in FINAL:
             out["state"] = e["event"]
-            out.update({k: e[k] for k in ("metrics", "error", "key", "problems") if k in e})
+            out.update({k: e[k] for k in ("metrics", "error", "key", "problems", "checkpoint", "message") if k in e})
     return out

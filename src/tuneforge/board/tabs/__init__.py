@@ -1,0 +1,1 @@
+"""The Board's tabs: train (forms from describe()), monitor, chat, evaluate/export."""
