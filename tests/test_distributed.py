@@ -182,3 +182,186 @@ def test_two_real_ranks_meet_at_the_barrier(tmp_path):
     assert r1[0][2] >= r0[0][2]  # rank 1 ran the body after rank 0 had finished it
     assert r0[1] == ["cache", 0, 0] and r1[1] == ["cache", 1, 0]  # rank 0 wrote the cache, rank 1 read that copy
     assert r0[2] == ["world", 0, 2, 0] and r1[2] == ["world", 1, 2, 0]
+
+
+# --- several processes: refusals, the stall watchdog, the sharded fallbacks (the launched runs: test_scale_launch.py)
+
+def _cfg(**keys):
+    from tuneforge import config
+
+    return config.load(None, {"output_dir": "o", "dataset": "d", **keys})
+
+
+@pytest.mark.parametrize("keys, world, key, words", [
+    ({"finetuning_type": "lisa"}, 2, "finetuning_type", "lisa does not run on several processes"),
+    ({"finetuning_type": "galore", "deepspeed": "examples/deepspeed/ds_z2_offload.json"}, 2, "deepspeed",
+     "galore builds its own optimizer"),
+    ({"finetuning_type": "galore", "galore_layerwise": True}, 2, "galore_layerwise", "refuses under DDP"),
+    ({"fsdp": "full_shard"}, 2, "fsdp", "silently run plain DDP"),
+])
+def test_combinations_that_cannot_work_are_refused_with_the_reason(keys, world, key, words, monkeypatch):
+    from tuneforge.distributed import checks
+
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository: examples/
+
+    found = checks.problems(_cfg(**keys), world)
+    assert any(k == key and words in m for k, m in found), found
+
+
+def test_supported_combinations_pass():
+    from tuneforge.distributed import checks
+
+    assert checks.problems(_cfg(finetuning_type="lisa"), 1) == []
+    assert checks.problems(_cfg(finetuning_type="galore"), 2) == []
+    assert checks.problems(_cfg(), 8) == [] and checks.strategy(_cfg()) == "ddp"
+
+
+def test_launch_keys_are_checked():
+    from tuneforge.config.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="node_rank must be in 0..1"):
+        _cfg(nnodes=2, node_rank=2)
+    with pytest.raises(ConfigError, match="nproc_per_node must be >= 1"):
+        _cfg(nproc_per_node=0)
+
+
+def test_the_watchdog_dumps_every_thread_and_names_the_cause(tmp_path, capfd):
+    from tuneforge.distributed import watchdog
+
+    exits = []
+    dog = watchdog.StallWatchdog(0.3, str(tmp_path), rank=1, world=2, exit_fn=exits.append, poll_s=0.05)
+    dog.on_train_begin(None, None, None)
+    deadline = time.monotonic() + 10
+    while not exits and time.monotonic() < deadline:
+        time.sleep(0.05)  # the main thread "hangs" here
+    assert exits == [watchdog.EXIT_CODE]
+    dump = (tmp_path / "watchdog-rank1.txt").read_text()
+    assert "rank 1: no training step finished for" in dump and "test_the_watchdog_dumps_every_thread" in dump
+    assert "tuneforge-watchdog" in dump or "in _watch" in dump  # every thread, the watchdog's own too
+    assert "error: rank 1: no training step" in capfd.readouterr().err
+
+
+def test_the_watchdog_stays_quiet_while_steps_finish(tmp_path):
+    from tuneforge.distributed import watchdog
+
+    exits = []
+    dog = watchdog.StallWatchdog(0.5, str(tmp_path), rank=0, world=2, exit_fn=exits.append, poll_s=0.05)
+    dog.on_train_begin(None, None, None)
+    for _ in range(15):
+        time.sleep(0.1)
+        dog.on_step_end(None, None, None)
+    dog.on_train_end(None, None, None)
+    assert exits == [] and not os.listdir(tmp_path)
+
+
+def test_the_watchdog_runs_only_with_several_processes(as_rank):
+    from tuneforge.distributed import watchdog
+
+    cfg, off = _cfg(), _cfg(watchdog_timeout_s=0)
+    as_rank(0, 1)
+    assert watchdog.callbacks(cfg) == []
+    as_rank(0, 2)
+    assert [type(c).__name__ for c in watchdog.callbacks(cfg)] == ["StallWatchdog"]
+    assert watchdog.callbacks(off) == []
+
+
+def test_likely_cause_reads_the_main_threads_stack():
+    import traceback
+
+    from tuneforge.distributed.watchdog import likely_cause
+
+    def frame(path, name="f"):
+        return traceback.FrameSummary(path, 1, name)
+
+    assert "collective" in likely_cause([frame("/x/train.py"), frame("/v/torch/distributed/distributed_c10d.py", "all_reduce")], 2)
+    assert "data loader" in likely_cause([frame("/v/torch/utils/data/dataloader.py")], 2)
+    assert "backward" in likely_cause([frame("/v/torch/autograd/__init__.py")], 2)
+
+
+def test_sharded_weights_take_the_plain_fused_paths():
+    import torch
+    from torch import nn
+    from transformers import LlamaConfig
+
+    from tuneforge.distributed import is_sharded
+    from tuneforge.train.loss import fused_head_ok
+
+    head = nn.Linear(8, 16, bias=False)
+    config = LlamaConfig()
+    assert fused_head_ok(head, config) and not is_sharded(head.weight)
+    head.weight.ds_id = 3  # a DeepSpeed ZeRO-3 parameter
+    assert is_sharded(head.weight) and not fused_head_ok(head, config)
+    flat = nn.Linear(8, 16, bias=False)
+    flat.weight = nn.Parameter(torch.zeros(64))  # FSDP1 between forwards: this rank's flat shard
+    assert not fused_head_ok(flat, config)
+
+
+def test_the_fused_lora_forward_falls_back_for_sharded_weights():
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from torch import nn
+
+    from tuneforge.methods import lora_forward
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    torch.manual_seed(0)
+    model = get_peft_model(Net(), LoraConfig(r=2, target_modules=["proj"], init_lora_weights=False))
+    assert lora_forward.fuse(model) == 1
+    layer = model.base_model.model.proj
+    x = torch.randn(3, 8)
+    calls = []
+    plain = type(layer).forward
+    type(layer).forward = lambda self, *a, **k: calls.append(1) or plain(self, *a, **k)
+    try:
+        layer(x)
+        assert calls == []  # the fused path
+        layer.base_layer.weight.ds_id = 1
+        layer(x)
+        assert calls == [1]  # sharded: peft's own forward
+    finally:
+        type(layer).forward = plain
+
+
+def test_deepspeed_runs_get_the_cpu_accelerator_and_a_cached_ops_folder(monkeypatch, tmp_path):
+    from tuneforge.distributed import launch
+
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = _cfg(deepspeed="examples/deepspeed/ds_z3_offload.json", cache_dir=str(tmp_path))
+    env: dict = {}
+    launch.deepspeed_environment(cfg, env)
+    assert env == {"DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions")}
+    env = {"TORCH_EXTENSIONS_DIR": "/mine"}
+    launch.deepspeed_environment(cfg, env)
+    assert env["TORCH_EXTENSIONS_DIR"] == "/mine"  # the user's wins
+    env = {}
+    launch.deepspeed_environment(_cfg(), env)
+    assert env == {}
+
+
+def test_the_launcher_ends_the_event_log_with_the_root_cause(tmp_path):
+    from tuneforge.distributed import launch
+    from tuneforge.run.events import EventLog, read_events, state
+
+    out = str(tmp_path)
+    log = EventLog(out, enabled=True)
+    log.emit("started")
+    launch.close_event_log(out, "rank 1 failed: boom")  # rank 0 was stopped before it could write its end
+    now = state(read_events(out))
+    assert now["state"] == "failed" and now["error"] == "rank 1 failed: boom"
+    log.emit("started")
+    log.failed(RuntimeError("Connection closed by peer"))
+    launch.close_event_log(out, "rank 0 failed: its own error")  # rank 0's own failure is the root cause: kept
+    assert state(read_events(out))["error"] == "Connection closed by peer"
+    launch.close_event_log(out, "rank 1 failed: the cause", root_cause_elsewhere=True)
+    assert state(read_events(out))["error"] == "rank 1 failed: the cause"
+    log.emit("started")
+    log.emit("finished", metrics={})
+    launch.close_event_log(out, "late", root_cause_elsewhere=True)
+    assert state(read_events(out))["state"] == "finished"

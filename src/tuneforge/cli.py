@@ -60,6 +60,7 @@ def _infer_config(args: list[str], purpose: str = "infer", extra_keys: tuple[str
 def cmd_train(args: list[str]) -> int:
     """tuneforge train [CONFIG.yaml] [key=value ...]: load and validate the config, then the one run path."""
     from tuneforge import config, run
+    from tuneforge.distributed import launch
 
     if args and args[0] in ("-h", "--help"):
         print("usage: tuneforge train [CONFIG.yaml] [key=value ...]\n"
@@ -71,6 +72,8 @@ def cmd_train(args: list[str]) -> int:
         return _print_keys(json_out="--json" in args[1:])
     path, overrides = _split_args(args)
     cfg = config.load(path, overrides)
+    if (code := launch.from_cli(args, cfg)) is not None:  # several processes: launch them, or run as one of them
+        return code
     metrics = run.train(cfg)
     print(f"done: train_loss={metrics.get('train_loss', float('nan')):.4f} "
           f"train_tokens_per_second={metrics.get('train_tokens_per_second')} output_dir={cfg.output.output_dir}")
@@ -358,8 +361,15 @@ def cmd_version(args: list[str]) -> int:
     return 0
 
 
+def cmd_board(args: list[str]) -> int:
+    """tuneforge board [--host 127.0.0.1] [--port 7860] [--auth user:pass | --auth-file F]: the web UI (board/cli.py)."""
+    from tuneforge.board.cli import cmd_board as board
+
+    return board(args)
+
+
 COMMANDS = {"train": cmd_train, "estimate": cmd_estimate, "chat": cmd_chat, "api": cmd_api, "export": cmd_export,
-            "version": cmd_version, "data": cmd_data, "eval": cmd_eval}
+            "version": cmd_version, "data": cmd_data, "eval": cmd_eval, "board": cmd_board}
 
 
 def _preload_allocator(args: list[str]) -> None:
@@ -396,11 +406,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _setup_logging()
     from tuneforge import TuneforgeError
+    from tuneforge.train.stop import EXIT_CODE as STOPPED, RunStopped
 
     try:
         if argv_from_process and command == "train":
             _preload_allocator(rest)
         return COMMANDS[command](rest)
+    except RunStopped as e:  # a stop asked for (SIGTERM): not an error; the checkpoint resumes it
+        print(str(e), file=sys.stderr)
+        return STOPPED
     except TuneforgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

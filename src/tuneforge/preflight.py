@@ -27,7 +27,9 @@ def check_output(cfg) -> None:
 
 def check(cfg) -> None:
     """Raise ConfigError listing every problem with the model, datasets and adapter."""
+    from tuneforge import distributed
     from tuneforge.data import registry
+    from tuneforge.distributed import checks as distributed_checks
     from tuneforge.models import aliases
 
     problems = []
@@ -44,6 +46,7 @@ def check(cfg) -> None:
     problems += _collect(steps)
     if not any(key == "model_name_or_path" for key, _ in problems):
         problems += _check_against_model(cfg)
+    problems += distributed_checks.problems(cfg, distributed.world_size())  # several processes: what cannot work
     if problems:
         raise ConfigError(problems)
 

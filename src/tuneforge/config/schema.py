@@ -107,9 +107,32 @@ class MethodSection:
         None, help="Apply LLaMA-Factory's defaults where they differ from tuneforge's (activation checkpointing on unless "
                    "disable_gradient_checkpointing: true). Default: on for an LLaMA-Factory config (one with `do_train` or "
                    "keys only LLaMA-Factory knows); the run logs every default it applied.")
+    # Several processes (`tuneforge train` starts them through torch.distributed.run; LLaMA-Factory reads these from
+    # the NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT environment variables instead)
+    nproc_per_node: int = field(1, help="Processes on this machine (one per GPU); above 1, `tuneforge train` launches itself "
+                                        "through torch.distributed.run. Ignored under torchrun or accelerate launch.")
+    nnodes: int = field(1, help="Machines in the job; run the same command on each with its own node_rank.")
+    node_rank: int = field(0, help="This machine's index among nnodes (0 is the one at master_addr).")
+    master_addr: str = field("127.0.0.1", help="Address of the node_rank 0 machine, reachable from every node.")
+    master_port: int | None = field(None, help="Free TCP port on master_addr for the rendezvous (default: a free port "
+                                               "on one machine, 29500 across several).")
+    watchdog_timeout_s: float = field(900.0, help="With several processes: when no training step finishes for this "
+                                                  "long, every rank dumps its Python stacks (stderr and output_dir/"
+                                                  "watchdog-rank<N>.txt) and the job ends naming the likely cause; "
+                                                  "0 turns it off.")
 
     def validate(self) -> list[str]:
-        return []
+        problems = []
+        for key in ("nproc_per_node", "nnodes"):
+            if getattr(self, key) < 1:
+                problems.append(f"{key} must be >= 1 (got {getattr(self, key)})")
+        if not 0 <= self.node_rank < max(self.nnodes, 1):
+            problems.append(f"node_rank must be in 0..{max(self.nnodes, 1) - 1} for nnodes {self.nnodes} (got {self.node_rank})")
+        if self.master_port is not None and not 0 < self.master_port < 65536:
+            problems.append(f"master_port must be a TCP port, 1 to 65535 (got {self.master_port})")
+        if self.watchdog_timeout_s < 0:
+            problems.append(f"watchdog_timeout_s must be >= 0 seconds, 0 turns the watchdog off (got {self.watchdog_timeout_s})")
+        return problems
 
 
 @dataclass

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tuneforge.distributed import is_sharded, log_sharded_fallback
 from tuneforge.methods import qlora_forward
 
 
@@ -50,6 +51,9 @@ def _fast_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         return plain(self, x, *args, **kwargs)
     a, b = self.lora_A[name].weight, self.lora_B[name].weight
     if not (x.dtype == a.dtype == b.dtype == base.weight.dtype):
+        return plain(self, x, *args, **kwargs)
+    if is_sharded(base.weight) or is_sharded(a) or is_sharded(b):  # read outside their modules' forward: not whole
+        log_sharded_fallback("the fused LoRA forward")
         return plain(self, x, *args, **kwargs)
     x2 = x.reshape(-1, x.shape[-1])
     out = _FrozenLinearAdd.apply(_adapter_output(self, name, x2), x2, base.weight)

@@ -4,5 +4,9 @@
 
 def run_callbacks(cfg, events) -> list:
     """The extra TrainerCallbacks for this run (an entry may be skipped when it does not apply)."""
-    out: list = []
+    from tuneforge.distributed import watchdog
+    from tuneforge.train import stop
+
+    out: list = [stop.callback(cfg, events)]
+    out += watchdog.callbacks(cfg)
     return out

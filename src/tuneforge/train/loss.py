@@ -86,8 +86,16 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
 
 
 def fused_head_ok(lm_head: nn.Module, config) -> bool:
-    """Whether the chunked path may replace the head: a plain nn.Linear on a model type known to add nothing after it."""
-    return type(lm_head) is nn.Linear and getattr(config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES
+    """Whether the chunked path may replace the head: a plain nn.Linear on a model type known to add nothing after it,
+    with its whole weight on this process (it is read after the head's forward, where a sharded one is not whole)."""
+    if not (type(lm_head) is nn.Linear and getattr(config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES):
+        return False
+    from tuneforge.distributed import is_sharded, log_sharded_fallback
+
+    if is_sharded(lm_head.weight) or lm_head.weight.shape != (lm_head.out_features, lm_head.in_features):
+        log_sharded_fallback("the fused LM-head loss")
+        return False
+    return True
 
 
 @contextmanager

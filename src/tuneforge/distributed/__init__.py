@@ -1,6 +1,8 @@
 """Which process this is under torchrun, and doing shared side effects (caches, files) once.
 
-Before torch.distributed is initialized the rank comes from the RANK / WORLD_SIZE variables torchrun sets."""
+Before torch.distributed is initialized the rank comes from the RANK / WORLD_SIZE variables torchrun sets.
+Next to it: launch.py (`tuneforge train` starting several processes, failure reports), watchdog.py (stalled ranks
+dump their stacks and end the job), checks.py (combinations refused before anything loads)."""
 
 import contextlib
 import logging
@@ -101,3 +103,25 @@ def main_process_first(what: str, ready: Callable[[], bool] | None = None, timeo
                                      f"did rank 0 fail? (its log says why)")
             time.sleep(POLL_S)
     yield
+
+
+def is_sharded(param) -> bool:
+    """Whether this process holds only part of a parameter: an FSDP2 DTensor or a DeepSpeed ZeRO-3 parameter (it has
+    a `ds_id`). The fused LoRA forward and the
+    fused LM-head loss read weights outside their module's forward, where such a parameter is not whole; they fall
+    back to the plain paths for it."""
+    if param is None:
+        return False
+    if hasattr(param, "ds_id") or type(param).__name__ == "DTensor":
+        return True
+    return False
+
+
+_FALLBACK_LOGGED: set[str] = set()
+
+
+def log_sharded_fallback(what: str) -> None:
+    """Say once per process that `what` takes its plain path because parameters are sharded."""
+    if what not in _FALLBACK_LOGGED:
+        _FALLBACK_LOGGED.add(what)
+        log.info("%s: parameters are sharded (FSDP / DeepSpeed ZeRO-3), using the plain path", what)
