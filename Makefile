@@ -1,6 +1,7 @@
 # make demo: set up .venv and run the quickstart (LoRA SFT of the embedded SmolLM2, answers before/after)
 # make test: set up .venv and run the test suite
-# make system-deps: (optional, root, Debian/Ubuntu) tcmalloc, which `tuneforge train` preloads when present
+# make system-deps: (optional, root, Debian/Ubuntu) tcmalloc, which `tuneforge train` preloads when present, and
+#   chromium for the Board's browser tests (they skip without it)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -29,6 +30,12 @@ system-deps:
 	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1)) \
 	  && echo "tcmalloc: installed" || echo "tcmalloc: not installed (training uses glibc malloc)"; \
 	else echo "tcmalloc: not installed; as root: apt install libtcmalloc-minimal4 (optional)"; fi
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: present"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
+	  && echo "chromium: installed" || echo "chromium: not installed (the Board's browser tests skip)"; \
+	else echo "chromium: not installed; as root: apt install chromium (optional, for the Board's browser tests)"; fi
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
