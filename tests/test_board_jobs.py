@@ -159,6 +159,18 @@ def test_a_run_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path, f
     assert last["event"] == "stopped" and "killed by SIGKILL" in last["message"]
 
 
+def test_stop_without_waiting_returns_at_once_and_poll_kills_a_deaf_run_after_the_grace_period(tmp_path, fake):
+    runs = Runs(str(tmp_path / "runs"), command=fake("deaf"))
+    job = runs.start(run_config(tmp_path, "a", steps=400))
+    wait_for(lambda: runs.get(job.id).step)
+    t = time.time()
+    asked = runs.stop(job.id, grace_s=0.5, wait=False)
+    assert asked.status == "running" and asked.phase == "stopping" and time.time() - t < 2
+    time.sleep(0.6)
+    stopped = wait_for(lambda: (runs.poll(), (j := runs.get(job.id)).status == "stopped" and j)[1])
+    assert stopped.exit_code == -9 and not group_alive(job.pid)
+
+
 def test_a_queued_run_can_be_stopped_before_it_starts(tmp_path, fake):
     runs = Runs(str(tmp_path / "runs"), command=fake())
     first = runs.start(run_config(tmp_path, "a", steps=400))

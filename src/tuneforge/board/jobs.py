@@ -126,10 +126,11 @@ class Runs:
             self._start_next(jobs + [job])
             return self._load(job.id)
 
-    def stop(self, job_id: str, grace_s: float = 60) -> Job:
+    def stop(self, job_id: str, grace_s: float = 60, wait: bool = True) -> Job:
         """Stop a job: a queued one is dropped from the queue; a running one gets SIGTERM on its process group (it saves
         a checkpoint at the end of its step and ends `stopped`), and SIGKILL when its processes are still there after
-        `grace_s` seconds. Waits for the processes to end; returns the job as it then is."""
+        `grace_s` seconds. With `wait`, waits for the processes to end and returns the job as it then is; without, it
+        returns at once (phase `stopping`) and `poll()` kills the run once `grace_s` has passed (the Board's button)."""
         with self._locked():
             job = self._refresh(self._load(job_id))
             if job.status == "queued":
@@ -142,6 +143,8 @@ class Runs:
             self._save(job)
             if process.group_alive(job):
                 process.signal_group(job.pid, signal.SIGTERM)
+            if not wait:
+                return job
         deadline = time.time() + grace_s
         while time.time() < deadline and process.group_alive(job):
             time.sleep(0.1)

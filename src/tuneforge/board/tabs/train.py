@@ -326,10 +326,10 @@ def wire(gr, ui: dict, specs: list[forms.FieldSpec], runs, form_state, job_sel) 
         if not job_id:
             return "no run selected"
         try:
-            job = runs.stop(job_id)
+            job = runs.stop(job_id, wait=False)  # the page stays live; the monitor shows `stopping`, then `stopped`
         except TuneforgeError as e:
             return f"**cannot stop:** {html.escape(str(e))}"
-        return f"`{job.id}`: {job.status}"
+        return f"`{job.id}`: {job.phase or job.status}"
 
     ui["stop"].click(on_stop, inputs=job_sel, outputs=ui["errors"])
 
