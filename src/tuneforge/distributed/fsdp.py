@@ -4,9 +4,11 @@ rest (embeddings, final norm, head).
 Why by hand: on the CPU, the Trainer and accelerate given `fsdp` run plain DDP without saying so (every rank keeps
 the whole model), while fully_shard on a CPU device mesh really shards (each rank holds 1/world of every parameter;
 tests/test_scale_fsdp.py checks the shard shapes and the loss curve). `tuneforge train` still refuses `fsdp` on the
-CPU (distributed/checks.py): the Trainer's accelerator wraps whatever it is given in DDP, which refuses DTensor
-parameters, and the run path has no step between building the model and handing it to the trainer where this could
-go yet. On GPUs `fsdp` goes to the Trainer (accelerate's FSDP) unchanged.
+CPU (distributed/checks.py) until the run path uses this module: `prepare_for_trainer` (tested with the HF Trainer:
+it keeps the FSDP2 model instead of wrapping it in DDP) must be called in run.build right after the model is built,
+with the process group up, and saving must gather `full_state_dict` on every rank (rank 0 writes; `save_model` fails
+on DTensors, and gathering on rank 0 alone would hang). On GPUs `fsdp` goes to the Trainer (accelerate's FSDP)
+unchanged.
 """
 
 from torch import nn
