@@ -65,13 +65,7 @@ def alive(job: Job) -> bool:
     if job.boot_id and boot_id() and job.boot_id != boot_id():
         return False
     if not os.path.isdir("/proc"):
-        try:
-            os.kill(job.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
+        return _answers_signal_0(os.kill, job.pid)
     fields = stat_fields(job.pid)
     if not fields or fields[0] in ("Z", "X"):
         return False
@@ -87,13 +81,7 @@ def group_alive(job: Job) -> bool:
     if job.boot_id and boot_id() and job.boot_id != boot_id():
         return False
     if not os.path.isdir("/proc"):
-        try:
-            os.killpg(job.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        return True
+        return _answers_signal_0(os.killpg, job.pid)
     for name in os.listdir("/proc"):
         if name.isdigit():
             fields = stat_fields(int(name))
@@ -106,3 +94,15 @@ def signal_group(pgid: int, signum: int) -> None:
     """Send `signum` to every process of the group (the run's own session); a group already gone is fine."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signum)
+
+
+def _answers_signal_0(send, ident: int) -> bool:
+    """Whether a process (os.kill) or process group (os.killpg) `ident` exists, where there is no /proc to read:
+    signal 0 checks without sending; a permission error means it exists but is not ours."""
+    try:
+        send(ident, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
