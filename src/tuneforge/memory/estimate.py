@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from tuneforge.config.schema import MethodSection
 from tuneforge.memory.footprint import ADAPTER, BYTES, COPY, WEIGHT, Footprint, adamw_bytes, value_bytes
 from tuneforge.memory.shapes import ModelShape
+from tuneforge.memory.sharding import shard
 from tuneforge.models.heads import CHUNK_BYTES, PLAIN_HEAD_MODEL_TYPES
 from tuneforge.train import checkpointing
 
@@ -274,18 +275,6 @@ def activation_bytes(shape: ModelShape, x: EstimateInput, detail: dict, fp: Foot
 
 # ---------------------------------------------------------------- sharding, overhead, the report
 
-def _shard(x: EstimateInput, weights: float, grads: float, opt: float) -> tuple[float, float, float]:
-    n = max(1, x.world_size)
-    s = x.sharding
-    if s in ("zero1",):
-        return weights, grads, opt / n
-    if s in ("zero2",):
-        return weights, grads / n, opt / n
-    if s in ("zero3", "fsdp"):
-        return weights / n, grads / n, opt / n
-    return weights, grads, opt
-
-
 def estimate_shape(shape: ModelShape, x: EstimateInput, convention: str = "realistic") -> MemoryReport:
     """The memory of one training process (one device) for `x` on a model of `shape`."""
     if convention == "article":
@@ -302,9 +291,7 @@ def estimate_shape(shape: ModelShape, x: EstimateInput, convention: str = "reali
     weights = weight_bytes(shape, x, detail, fp)
     grads = gradient_bytes(shape, x, detail, fp)
     opt = optimizer_bytes(shape, x, detail, fp)
-    weights, grads, opt = _shard(x, weights, grads, opt)
-    if x.sharding in ("zero3", "fsdp") and x.world_size > 1:
-        weights += 2 * shape.layer_params * BYTES[x.dtype]  # layers gathered for compute
+    weights, grads, opt = shard(shape, x, weights, grads, opt)
     if x.reference_copies:
         ref = x.reference_copies * shape.total_params * BYTES[x.dtype]
         weights += ref
