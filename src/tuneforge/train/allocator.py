@@ -111,3 +111,20 @@ def report(choice: str = "auto") -> str:
     else:
         log.info("malloc: %s", name)
     return name
+
+
+def planned(choice: str = "auto", env: dict[str, str] | None = None) -> str:
+    """The malloc a `tuneforge train` started now with `allocator: choice` would run on: the name `active()` would
+    report there (the estimator budgets for it). Never raises: an unavailable explicit choice plans glibc."""
+    env = dict(os.environ) if env is None else env
+    if env.get(MARK):
+        return active()
+    preloaded = env.get("LD_PRELOAD", "")
+    for name in KNOWN_MALLOCS:
+        if name in preloaded:
+            return name
+    try:
+        new = plan(choice, env)
+    except TuneforgeError:
+        return "glibc"
+    return new[MARK] if new else "glibc"
