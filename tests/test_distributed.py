@@ -197,7 +197,11 @@ def _cfg(**keys):
     ({"finetuning_type": "galore", "deepspeed": "examples/deepspeed/ds_z2_offload.json"}, 2, "deepspeed",
      "galore builds its own optimizer"),
     ({"finetuning_type": "galore", "galore_layerwise": True}, 2, "galore_layerwise", "refuses under DDP"),
-    ({"fsdp": "full_shard"}, 2, "fsdp", "silently run plain DDP"),
+    ({"fsdp": "no_shard", "fsdp_config": {"version": 1}}, 2, "fsdp", "which is DDP"),
+    ({"fsdp": "full_shard", "quantization_bit": 4}, 2, "quantization_bit", "cannot shard a quantized base"),
+    ({"fsdp": "full_shard", "pissa_init": True}, 2, "pissa_init", "pissa_init with fsdp"),
+    ({"fsdp": "full_shard", "stage": "dpo"}, 2, "fsdp", "wired for stages sft and pt only"),
+    ({"fsdp": "full_shard"}, 1, "fsdp", "this run has one; set nproc_per_node: 2"),
 ])
 def test_combinations_that_cannot_work_are_refused_with_the_reason(keys, world, key, words, monkeypatch):
     from tuneforge.distributed import checks
@@ -214,6 +218,21 @@ def test_supported_combinations_pass():
     assert checks.problems(_cfg(finetuning_type="lisa"), 1) == []
     assert checks.problems(_cfg(finetuning_type="galore"), 2) == []
     assert checks.problems(_cfg(), 8) == [] and checks.strategy(_cfg()) == "ddp"
+    assert checks.problems(_cfg(fsdp="full_shard offload"), 2) == [] and checks.strategy(_cfg(fsdp="full_shard")) == "fsdp"
+
+
+@pytest.mark.parametrize("args, expected", [
+    ({"fsdp": "full_shard"}, (False, True, False)),
+    ({"fsdp": True}, (False, True, False)),
+    ({"fsdp": "shard_grad_op offload"}, (False, False, True)),
+    ({"fsdp": ["hybrid_shard", "auto_wrap"]}, (True, True, False)),
+    ({"fsdp": "hybrid_shard_zero2", "fsdp_config": {"cpu_offload": True}}, (True, False, True)),
+    ({"fsdp": "full_shard", "fsdp_config": {"reshard_after_forward": False}}, (False, False, False)),
+])
+def test_fsdp_options_are_read_in_transformers_spelling(args, expected):
+    from tuneforge.distributed import fsdp
+
+    assert tuple(fsdp.options(args)) == expected
 
 
 def test_launch_keys_are_checked():

@@ -4,6 +4,7 @@ parameter) and trains like one process with the same global batch. `tuneforge tr
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -103,54 +104,104 @@ def test_fsdp2_shards_every_parameter_in_half_and_trains_like_one_process(tiny_m
     assert reference[-1] < reference[0]  # it learns
 
 
-TRAINER_WORKER = textwrap.dedent("""
-    import json, os, sys
-    import torch, torch.distributed as td
-    from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
-    model_dir, out = sys.argv[1], sys.argv[2]
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    torch.manual_seed(0)
-    ids = torch.randint(5, 300, (12, 16))
-    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
-    args = TrainingArguments(output_dir=out, per_device_train_batch_size=4 // world, max_steps=%d, logging_steps=1,
-                             save_strategy="no", report_to="none", use_cpu=True, learning_rate=1e-2, disable_tqdm=True,
-                             dataloader_pin_memory=False)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    if world > 1:
-        from tuneforge.distributed import fsdp
-        args.device  # the process group
-        fsdp.prepare_for_trainer(model, fsdp.mesh(world), cpu_offload=True)
-    trainer = Trainer(model=model, args=args, train_dataset=data)
-    trainer.train()
-    rank = td.get_rank() if td.is_initialized() else 0
-    a = model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].weight
-    json.dump({"wrapped": type(trainer.model_wrapped).__name__, "lora_a_local": list(getattr(a, "to_local", lambda: a)().shape),
-               "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h]}, open(f"{out}/rank{rank}.json", "w"))
-""" % STEPS)
+RUN_TOLERANCE = 1e-4  # absolute, per-step loss and saved weights, `tuneforge train` 2 ranks vs 1 (float32; seen: < 1e-6)
+RESUME_TOLERANCE = 1e-6  # absolute: a resumed FSDP run vs the uninterrupted one (same ranks, same reductions)
 
 
-def test_fsdp2_lora_with_cpu_offload_through_the_trainer_trains_like_one_process(tiny_model_dir, tmp_path):
-    """prepare_for_trainer: the HF Trainer keeps the FSDP2 model (no DDP around it) and trains LoRA like one process
-    with the same global batch (2 x 2 against 4 x 1), with parameters offloaded to the CPU."""
-    script = tmp_path / "trainer_worker.py"
-    script.write_text(TRAINER_WORKER)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    one = subprocess.run([sys.executable, str(script), tiny_model_dir, str(tmp_path / "one")], env=env, capture_output=True,
-                         text=True, timeout=180)
-    assert one.returncode == 0, one.stderr[-3000:]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", str(script),
-                          tiny_model_dir, str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=180)
-    assert two.returncode == 0, two.stderr[-3000:]
-    ref = json.load(open(tmp_path / "one" / "rank0.json"))
-    for r in range(2):
-        got = json.load(open(tmp_path / "two" / f"rank{r}.json"))
-        assert got["wrapped"].startswith("FSDP") and got["lora_a_local"] == [2, 32]  # lora_A (4, 32) split in two
-        assert max(abs(a - b) for a, b in zip(got["losses"], ref["losses"])) < TOLERANCE, (got["losses"], ref["losses"])
-    assert ref["wrapped"] == "PeftModel" and ref["lora_a_local"] == [4, 32]
+def train_args(model_dir, data_dir, out, *extra):
+    return [f"model_name_or_path={model_dir}", "dataset=my_alpaca", f"dataset_dir={data_dir}", f"output_dir={out}",
+            "template=chatml", "cutoff_len=64", "max_steps=4", "logging_steps=1", "learning_rate=1e-2", "lora_rank=4",
+            "disable_tqdm=true", f"cache_dir={os.path.join(str(out), '..', 'cache')}", "allocator=system", *extra]
+
+
+def train_two(model_dir, data_dir, out, *extra, **env):
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
+           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **env}
+    cmd = [sys.executable, "-m", "tuneforge.cli", "train", *train_args(model_dir, data_dir, out, "nproc_per_node=2",
+                                                                      "per_device_train_batch_size=2", *extra)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc.stdout + proc.stderr
+
+
+def train_one(model_dir, data_dir, out, *extra):
+    """The reference: one process (in this one) with the whole global batch."""
+    from tuneforge import config, run
+
+    flat = dict(a.split("=", 1) for a in train_args(model_dir, data_dir, out, "per_device_train_batch_size=4", *extra))
+    run.train(config.load(None, [f"{k}={v}" for k, v in flat.items()]))
+
+
+def step_losses(out) -> dict[int, float]:
+    with open(os.path.join(out, "trainer_log.jsonl")) as fh:
+        return {r["step"]: r["loss"] for r in map(json.loads, fh) if "loss" in r}
+
+
+def weights(out, adapter: bool) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(out, "adapter_model.safetensors" if adapter else "model.safetensors"))
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def run_and_check(tiny_model_dir, data_dir, tmp_path, method, fsdp):
+    """A 2-process FSDP run through `tuneforge train` beside a 1-process one with the same global batch: shards,
+    losses, saved weights, artifacts and events written once. Returns the 2-process output folder."""
+    one, two, shapes = tmp_path / "one", tmp_path / "two", tmp_path / "shapes"
+    shapes.mkdir()
+    log = train_two(tiny_model_dir, data_dir, two, f"finetuning_type={method}", f"fsdp={fsdp}", "save_steps=2",
+                    TUNEFORGE_TEST_SHARD_SHAPES=str(shapes))
+    train_one(tiny_model_dir, data_dir, one, f"finetuning_type={method}", "save_strategy=no")
+    # each rank held half of every parameter while it trained (dim 0 split in two)
+    for r in (0, 1):
+        held = json.load(open(shapes / f"shards-rank{r}.json"))
+        assert held and all(v["local"] == [-(-v["full"][0] // 2), *v["full"][1:]] for v in held.values()), held
+    a, b = step_losses(one), step_losses(two)
+    assert sorted(b) == [1, 2, 3, 4] and max(abs(a[s] - b[s]) for s in a) < RUN_TOLERANCE, (a, b)
+    adapter = method == "lora"
+    saved = weights(two, adapter)
+    assert max_diff(saved, weights(one, adapter)) < RUN_TOLERANCE
+    assert max_diff(weights(two / "checkpoint-4", adapter), saved) == 0.0  # the checkpoint holds the same gathered weights
+    # written once: one started/finished pair, one line per step, one `done`
+    kinds = [json.loads(line)["event"] for line in open(two / "events.jsonl")]
+    assert kinds.count("started") == 1 and kinds.count("finished") == 1 and kinds[-1] == "finished"
+    assert [json.loads(line)["step"] for line in open(two / "trainer_log.jsonl") if '"loss"' in line] == [1, 2, 3, 4]
+    assert log.count("done: train_loss=") == 1 and "FSDP2: 2 decoder layers and the root sharded over 2" in log
+    # the saved folder loads as it is
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir if adapter else str(two), dtype=torch.float32)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(two))
+        loaded = model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["default"].weight
+        assert torch.equal(loaded, saved["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"])
+    else:
+        assert torch.equal(model.model.layers[1].mlp.down_proj.weight, saved["model.layers.1.mlp.down_proj.weight"])
+    return two
+
+
+def test_tuneforge_train_with_fsdp_lora_shards_trains_like_one_process_and_saves_the_adapter_once(tiny_model_dir, data_dir,
+                                                                                                   tmp_path):
+    run_and_check(tiny_model_dir, data_dir, tmp_path, "lora", "full_shard")
+
+
+def test_tuneforge_train_with_fsdp_full_offload_trains_like_one_process_and_resumes_exactly(tiny_model_dir, data_dir, tmp_path):
+    """Full fine-tuning (every weight and the whole optimizer state sharded, offloaded to the CPU); then a run that
+    starts from a copy of its checkpoint-2 with `auto` ends like it: the remaining losses and the final weights."""
+    whole = run_and_check(tiny_model_dir, data_dir, tmp_path, "full", "full_shard offload")
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(whole / "checkpoint-2", resumed / "checkpoint-2")
+    log = train_two(tiny_model_dir, data_dir, resumed, "finetuning_type=full", "fsdp=full_shard offload", "save_steps=2",
+                    "resume_from_checkpoint=auto")
+    assert "loaded into the shards" in log
+    a, b = step_losses(whole), step_losses(resumed)
+    assert sorted(b) == [3, 4] and max(abs(a[s] - b[s]) for s in b) < RESUME_TOLERANCE, (a, b)
+    assert max_diff(weights(whole, False), weights(resumed, False)) < RESUME_TOLERANCE

@@ -5,7 +5,10 @@ each with the reason and the fix (the launcher checks them before starting the r
   every `lisa_interval` steps, so the switched-in layers would train on each rank's own data and drift apart.
 - GaLore builds its optimizer over whole 2-D weight matrices (it projects their gradients); FSDP and DeepSpeed hand
   the optimizer flat shards, which transformers refuses, and its layer-wise form refuses DDP.
-- FSDP on the CPU: the Trainer / accelerate run plain DDP there without saying so (nothing is sharded).
+- FSDP on the CPU is applied by tuneforge itself (distributed/fsdp.py; the Trainer / accelerate would run plain
+  DDP there without saying so). Refused there: stages other than sft/pt (their trainers build a reference or value
+  model that is not sharded), quantized bases (bitsandbytes' 4/8-bit parameters cannot be split into DTensors), and
+  PiSSA (its save converts the adapter against the whole initial weights on rank 0 alone).
 - DeepSpeed: the JSON must exist and parse, and the package must be installed.
 """
 
@@ -52,11 +55,32 @@ def problems(cfg, world: int) -> list[tuple[str, str]]:
         out.append(("galore_layerwise", "galore_layerwise updates each layer inside backward, which transformers refuses "
                                         f"under DDP ({world} processes); set galore_layerwise: false"))
     if kind == "fsdp" and not cuda_available():
-        out.append(("fsdp", "fsdp on the CPU would silently run plain DDP through the Trainer (every rank keeps the whole "
-                            "model; nothing is sharded); remove `fsdp` to train with DDP on the CPU, or use DeepSpeed "
-                            "ZeRO-3 (deepspeed: examples/deepspeed/ds_z3_offload.json) to shard on the CPU"))
+        out += _cpu_fsdp(cfg, world)
     if kind == "deepspeed":
         out += _deepspeed(cfg.train.args.get("deepspeed"), fsdp_too=strategy_has_fsdp(cfg))
+    return out
+
+
+def _cpu_fsdp(cfg, world: int) -> list[tuple[str, str]]:
+    from tuneforge.distributed import fsdp
+
+    from tuneforge.distributed.launch import planned_world_size
+
+    out = fsdp.problems(cfg.train.args)
+    if max(world, planned_world_size(cfg)) <= 1:  # the Board and `estimate` check a config before it launches
+        out.append(("fsdp", "fsdp shards the model over several processes, and this run has one; set nproc_per_node: 2 "
+                            "or more, or remove `fsdp`"))
+    if cfg.method.stage not in ("sft", "pt"):
+        out.append(("fsdp", f"fsdp on the CPU is wired for stages sft and pt only (stage {cfg.method.stage}'s trainer "
+                            "builds a reference or value model that would not be sharded); remove `fsdp` to train with "
+                            "DDP, or use DeepSpeed ZeRO-3 (deepspeed: examples/deepspeed/ds_z3_offload.json)"))
+    if cfg.model.quantization_bit:
+        out.append(("quantization_bit", "fsdp cannot shard a quantized base (bitsandbytes' 4/8-bit parameters do not "
+                                        "split into DTensors); remove `quantization_bit` or `fsdp`"))
+    lora = cfg.method_section("lora") if cfg.method.finetuning_type == "lora" else None
+    if lora is not None and getattr(lora, "pissa_init", False):
+        out.append(("pissa_init", "pissa_init with fsdp: the PiSSA save converts the adapter against the whole initial "
+                                  "weights on rank 0 alone, which sharded weights do not allow; remove `pissa_init` or `fsdp`"))
     return out
 
 

@@ -7,7 +7,9 @@ torch.distributed.run (torchrun) and waits; a command already under torchrun or 
       -> each rank: logs tagged with its rank, the run path (only rank 0 writes artifacts and events.jsonl), and on
          failure a small report in the launcher's folder
       -> the launcher: torchrun stops every rank once one exits non-zero; it prints the failing ranks' errors and
-         closes events.jsonl with `failed` when rank 0 was stopped before it could.
+         closes events.jsonl with `failed` when rank 0 was stopped before it could; on SIGTERM to the group (the
+         Board's stop) it waits while torchrun passes the signal once to every rank, which stop at one step
+         (train/stop.py), and exits 143.
 
 The process group timeout is the Trainer's `ddp_timeout` (transformers' default, 1800 s, kept): a rank that waits
 that long in a collective raises. The stall watchdog (`watchdog_timeout_s`, 900 s) fires before it and says why.
@@ -17,10 +19,12 @@ import glob
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from tuneforge import TuneforgeError
@@ -178,11 +182,16 @@ def launch(args: list[str], cfg) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         proc = subprocess.Popen(cmd, env=env)
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _stop_passed_on) if main else None
         try:
             code = proc.wait()
         except KeyboardInterrupt:  # the terminal sent SIGINT to every process of the group; wait for them to stop
             code = proc.wait()
             raise
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
         if code == 0:
             return 0
         failures = read_reports(reports)
@@ -196,6 +205,13 @@ def launch(args: list[str], cfg) -> int:
     close_event_log(cfg.output.output_dir, message, root_cause_elsewhere=bool(failures) and failures[0]["rank"] != 0)
     print(f"error: {message}", file=sys.stderr)
     return 2 if failures and failures[0].get("user_error") else 1
+
+
+def _stop_passed_on(signum, frame) -> None:
+    """SIGTERM to the run's process group (the Board's stop, `kill -TERM -PGID`) reaches this launcher and
+    torch.distributed.run, which sends it once to every rank (each in its own session) and waits for them: the ranks
+    save a checkpoint at the same step and stop. The launcher waits for that instead of ending at once."""
+    log.warning("stop asked for (signal %d): every rank saves a checkpoint at the end of its step and stops", signum)
 
 
 def stop_message(output_dir: str) -> str | None:

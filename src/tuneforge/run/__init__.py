@@ -63,6 +63,7 @@ def build(cfg, events: EventLog | None = None) -> Prepared:
     """Everything before the first step: preflight, model folder, tokenizer, the stage's data, the memory check on its
     real largest batch, the model with the method applied, the stage's trainer with the run's callbacks."""
     from tuneforge import config, preflight, stages
+    from tuneforge.distributed import fsdp, fsdp_trainer
     from tuneforge.run.hooks import run_callbacks
     from tuneforge.run.memory_check import check as memory_check
     from tuneforge.stages.common import load_model, load_tokenizer
@@ -79,10 +80,11 @@ def build(cfg, events: EventLog | None = None) -> Prepared:
     events.phase("memory_check")
     memory_check(cfg, folder, stats, events)
     events.phase("loading")
-    model = (stage.load_model or load_model)(cfg, folder)
+    model = fsdp.maybe_shard(cfg, (stage.load_model or load_model)(cfg, folder))  # FSDP2 on the CPU; else unchanged
     counter = TokenCounter()
-    trainer = stage.build_trainer(cfg, model, tokenizer, datasets, collator,
+    trainer = stage.build_trainer(fsdp.trainer_config(cfg), model, tokenizer, datasets, collator,
                                   [JsonlLogger(cfg.output.output_dir), counter, EventCallback(events), *run_callbacks(cfg, events)])
+    trainer = fsdp_trainer.adapt_trainer(trainer)  # a sharded model: no DDP wrap, gathered saves
     trainer.token_counter = counter
     return Prepared(trainer, cfg, stats)
 
