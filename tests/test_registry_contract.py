@@ -179,8 +179,9 @@ def test_a_stage_memory_hook_adds_pairs_a_reference_copy_and_named_buffers(toys)
     from tuneforge.run.memory_check import Batch, estimate_for
 
     shape = load_shape("smollm2-135m")
-    plain = config.resolve(config.load(None, {"output_dir": "o", "model_name_or_path": "smollm2-135m"}), quiet=True)
-    staged = config.resolve(config.load(None, {"output_dir": "o", "model_name_or_path": "smollm2-135m", "stage": "toystage"}),
+    plain = config.resolve(config.load(None, {"output_dir": "o", "model_name_or_path": "smollm2-135m", "torch_dtype": "float32"}), quiet=True)
+    staged = config.resolve(config.load(None, {"output_dir": "o", "model_name_or_path": "smollm2-135m", "stage": "toystage",
+                                               "torch_dtype": "float32"}),
                             quiet=True)
     batch = Batch(2, 64, 64, 2, "two rows")
     (base, _), (report, x) = estimate_for(plain, shape, batch), estimate_for(staged, shape, batch)

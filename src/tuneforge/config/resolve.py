@@ -105,10 +105,19 @@ def _checkpointing_spelling(cfg, fill) -> None:
 def _dtype(cfg, fill) -> None:
     if cfg.model.torch_dtype != "auto":
         return
+    from tuneforge.precision import auto_dtype_of
+
+    fill("torch_dtype", *auto_dtype_of(cfg))
+
+
+def dtype_name(model_cfg, train_args: dict) -> str:
+    """The weights' dtype name (`float32`, `bfloat16`, ...): the configured one, so a resolved config answers without
+    importing torch; `auto` asks `models.loader.resolve_dtype`."""
+    if model_cfg.torch_dtype != "auto":
+        return model_cfg.torch_dtype
     from tuneforge.models.loader import resolve_dtype
 
-    dtype = str(resolve_dtype(cfg.model, cfg.train.args)).replace("torch.", "")
-    fill("torch_dtype", dtype, "auto: float32 on the CPU, the bf16/fp16 flag's dtype on a GPU")
+    return str(resolve_dtype(model_cfg, train_args)).replace("torch.", "")
 
 
 def _resume(cfg, fill) -> None:

@@ -11,7 +11,9 @@ something; in a decoder layer that is now the down projection's adapter, so the 
 projection's frozen matmul (~25% of a layer's FLOPs; LoRA with checkpointing ran ~4% faster, without it the same).
 
 Only the vanilla single-adapter case takes this path (no dropout, no DoRA or other variant, no LoRA bias, not
-merged, a frozen `nn.Linear` base, one dtype, no autocast); every other call goes to peft's own forward. peft's
+merged, a frozen `nn.Linear` base, no autocast, activations in the base's dtype and adapters either in it too or in
+fp32 over a bf16/fp16 base); every other call goes to peft's own forward. Over a bf16 base the rank-r part runs in
+bf16 from bf16 casts of the fp32 adapters: peft would cast every activation to fp32 and run the adapter in fp32. peft's
 LoRA layers on bitsandbytes 4-bit and 8-bit bases take it too while training, with a frozen matmul that
 dequantizes the weight in forward and again in backward (`qlora_forward`).
 """
@@ -50,7 +52,7 @@ def _fast_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
             or type(base) is not nn.Linear or base.weight.requires_grad or self.fan_in_fan_out):
         return plain(self, x, *args, **kwargs)
     a, b = self.lora_A[name].weight, self.lora_B[name].weight
-    if not (x.dtype == a.dtype == b.dtype == base.weight.dtype):
+    if not (x.dtype == base.weight.dtype and (a.dtype == b.dtype == x.dtype or _low_base(x.dtype, a, b))):
         return plain(self, x, *args, **kwargs)
     if is_sharded(base.weight) or is_sharded(a) or is_sharded(b):  # read outside their modules' forward: not whole
         log_sharded_fallback("the fused LoRA forward")
@@ -60,9 +62,18 @@ def _fast_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
+def _low_base(dtype: torch.dtype, a: torch.Tensor, b: torch.Tensor) -> bool:
+    """A bf16/fp16 frozen base with fp32 adapters (peft keeps adapters fp32 over a low-precision base)."""
+    return dtype in (torch.bfloat16, torch.float16) and a.dtype == b.dtype == torch.float32
+
+
 def _adapter_output(self, name: str, x2: torch.Tensor) -> torch.Tensor:
-    """`B (s A x)` plus the base's bias: what the frozen matmul adds its product to."""
+    """`B (s A x)` plus the base's bias: what the frozen matmul adds its product to.
+
+    Over a bf16/fp16 base the fp32 adapter weights are cast to the activations' dtype (r x width, cheap; their
+    gradients come back through the cast in fp32) instead of casting every activation to fp32 as peft does."""
     a, b, bias = self.lora_A[name].weight, self.lora_B[name].weight, self.base_layer.bias
+    a, b = a.to(x2.dtype), b.to(x2.dtype)
     h = F.linear(x2, a) * self.scaling[name]  # rank-r wide: scaling here is cheap
     return torch.mm(h, b.t()) if bias is None else torch.addmm(bias, h, b.t())
 

@@ -15,17 +15,14 @@ def local_folder(model_cfg, cache_root: str) -> str:
 
 
 def resolve_dtype(model_cfg, train_args: dict):
-    """auto: fp32 on CPU (no native bf16 there, measured ~3x slower); on GPU the bf16/fp16 flag's dtype."""
+    """The torch dtype of the weights: the configured one, or for `auto` `precision.auto_dtype` without a method
+    (fp32 on a CPU, the bf16/fp16 flag's dtype on a GPU). A resolved config already names the run's choice, which
+    for LoRA on a CPU with fast bf16 may be bf16 (`config.resolve` asks `precision.auto_dtype_of`)."""
     import torch
 
-    if model_cfg.torch_dtype != "auto":
-        return getattr(torch, model_cfg.torch_dtype)
-    if torch.cuda.is_available():
-        if train_args.get("bf16"):
-            return torch.bfloat16
-        if train_args.get("fp16"):
-            return torch.float16
-    return torch.float32
+    from tuneforge.precision import auto_dtype
+
+    return getattr(torch, auto_dtype(model_cfg, train_args)[0])
 
 
 def load_tokenizer(folder: str, model_cfg):

@@ -1,0 +1,87 @@
+"""What `torch_dtype: auto` means on this machine, and why (torch-free: config resolution and the estimator ask it).
+
+On a GPU the bf16/fp16 training flag picks the weights' dtype, as before. On a CPU, bf16 weights are chosen only
+where they were measured faster than fp32: a LoRA run over a frozen, unquantized base (the fused LoRA forward keeps
+the adapters fp32 and runs their rank-r part in bf16) on a CPU with AMX-BF16 or AVX512-BF16, for a model wide enough
+for bf16 matmuls to pay (`MIN_BF16_HIDDEN`). Everything else keeps fp32: full fine-tuning (fp32 master weights;
+`bf16: true` adds autocast), QLoRA, LoRA variants that leave the fused path (DoRA, dropout), and CPUs without the
+instructions, where bf16 runs ~3x slower than fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tuneforge import hardware
+
+log = logging.getLogger(__name__)
+
+# SmolLM2-135M (hidden 576) LoRA trained faster in bf16 than fp32 on an AMX CPU (benchmarks/sft_throughput.py);
+# below this width the matmuls are too small for bf16 to pay back its casts, and tiny test models stay fp32.
+MIN_BF16_HIDDEN = 512
+
+
+def auto_dtype(model_cfg, train_args: dict, method=None, hidden: int | None = None) -> tuple[str, str]:
+    """The dtype name `torch_dtype: auto` resolves to and the reason, for logs and the resolved config.
+
+    Args:
+        model_cfg: the model section (`torch_dtype`, `quantization_bit`).
+        train_args: the training flags (`bf16`, `fp16`).
+        method: the method section (None: unknown, fp32 on a CPU); bf16 only for a `LoraSection` on the fused path.
+        hidden: the model's hidden size (None: unknown, fp32 on a CPU).
+    """
+    if model_cfg.torch_dtype != "auto":
+        return model_cfg.torch_dtype, "set in the config"
+    if hardware.gpu_present():
+        if train_args.get("bf16"):
+            return "bfloat16", "auto on a GPU: bf16: true"
+        if train_args.get("fp16"):
+            return "float16", "auto on a GPU: fp16: true"
+        return "float32", "auto on a GPU without bf16/fp16 flags"
+    flags = hardware.cpu_bf16_flags()
+    if not flags:
+        return "float32", "auto: this CPU has neither amx_bf16 nor avx512_bf16 (bf16 runs ~3x slower than fp32 there)"
+    why_not = _why_not_bf16(model_cfg, train_args, method, hidden)
+    if why_not:
+        return "float32", f"auto: CPU has {', '.join(flags)}, but {why_not}"
+    return "bfloat16", (f"auto -> bfloat16: CPU has {', '.join(flags)}; LoRA over a frozen bf16 base of hidden {hidden}"
+                        " with fp32 adapters (measured faster than fp32)")
+
+
+def _why_not_bf16(model_cfg, train_args: dict, method, hidden: int | None) -> str | None:
+    """Why a CPU run with fast bf16 still keeps fp32 weights (None: it does not)."""
+    from tuneforge.methods.lora import LoraSection
+
+    if not isinstance(method, LoraSection):
+        return "bf16 weights pay only for LoRA's frozen base (full fine-tuning keeps fp32 master weights; bf16: true adds autocast)"
+    if model_cfg.quantization_bit:
+        return "QLoRA's quantized base keeps its own compute dtype"
+    if method.use_dora or method.lora_dropout:
+        return "DoRA and lora_dropout leave the fused LoRA forward, where bf16 was not measured faster"
+    if train_args.get("bf16") or train_args.get("fp16"):
+        return "bf16/fp16: true asks for autocast over fp32 weights"
+    if hidden is None:
+        return "the model's hidden size is unknown"
+    if hidden < MIN_BF16_HIDDEN:
+        return f"the model is narrow (hidden {hidden} < {MIN_BF16_HIDDEN}), where bf16 does not pay"
+    return None
+
+
+def model_hidden(model_cfg) -> int | None:
+    """The model's hidden size from its config.json (shipped, folder or converted GGUF) without loading weights."""
+    from tuneforge import TuneforgeError
+    from tuneforge.memory.api import shape_of
+
+    try:
+        return shape_of(model_cfg.model_name_or_path, model_cfg.cache_dir).hidden
+    except (TuneforgeError, OSError, ValueError):
+        return None
+
+
+def auto_dtype_of(cfg) -> tuple[str, str]:
+    """`auto_dtype` for a whole RunConfig: its model, training flags, method section and model width."""
+    if cfg.model.torch_dtype != "auto":
+        return cfg.model.torch_dtype, "set in the config"
+    method = cfg.method_section()
+    hidden = model_hidden(cfg.model) if cfg.method.finetuning_type == "lora" and not hardware.gpu_present() else None
+    return auto_dtype(cfg.model, cfg.train.args, method, hidden)
