@@ -127,9 +127,16 @@ def cmd_estimate(args: list[str]) -> int:
     cfg = config.resolve(cfg, quiet=True)
     batch = None
     if cfg.data.dataset and ints.get("batch") is None and ints.get("seq") is None:
+        from tuneforge import preflight
+        from tuneforge.run import batch_memo
         from tuneforge.run.memory_check import batch_from_data
 
-        batch = batch_from_data(cfg)  # tokenizer only: the real largest batch of the config's data
+        preflight.check(cfg)
+        memo = batch_memo.key(cfg)
+        batch = batch_memo.recall(cfg, memo)
+        if batch is None:
+            batch = batch_from_data(cfg)  # tokenizer only: the real largest batch of the config's data
+            batch_memo.remember(cfg, memo, batch)
     if batch is not None:
         x = input_from_config(cfg, batch=batch.rows, seq=batch.seq, attention_seq=batch.longest, world_size=ints.get("world_size"),
                               sharding=own["sharding"])
@@ -373,7 +380,7 @@ COMMANDS = {"train": cmd_train, "estimate": cmd_estimate, "chat": cmd_chat, "api
 
 
 def _preload_allocator(args: list[str]) -> None:
-    """Re-execute this command once with tcmalloc/jemalloc preloaded when the run's `allocator` asks for it."""
+    """Re-execute this command once with tcmalloc/jemalloc/mimalloc preloaded when the run's `allocator` asks for it."""
     from tuneforge.config import parse_overrides, read_yaml
     from tuneforge.config.errors import ConfigError
     from tuneforge.train import allocator

@@ -89,9 +89,9 @@ def describe(stage: str | None = None) -> list[KeyInfo]:
     """
     from tuneforge.config import compat
     from tuneforge.config.fields import section_fields
-    from tuneforge.config.loader import BASE_SECTIONS, _ensure_registered, stage_args_class
+    from tuneforge.config.loader import BASE_SECTIONS, _ensure_registered
     from tuneforge.config.registry import METHOD_SECTIONS
-    from tuneforge.config.train_args import run_default, training_fields
+    from tuneforge.config.train_args import run_default, stage_fields
     from tuneforge.methods.registry import METHODS
     from tuneforge.stages.registry import STAGES
 
@@ -112,8 +112,8 @@ def describe(stage: str | None = None) -> list[KeyInfo]:
             out.append(KeyInfo(key, tp, _default(f), f.metadata.get("help", ""), "method", ",".join(methods), choices, optional,
                                key in compat.LLAMAFACTORY_NAMES))
     stages = [stage] if stage else sorted(STAGES) or ["sft"]
-    per_stage = {s: training_fields(stage_args_class(s)) for s in stages}
-    base = set(training_fields())
+    per_stage = {s: stage_fields(s) for s in stages}
+    base = set(stage_fields(None))
     train: dict[str, KeyInfo] = {}
 
     def stage_default(s: str, key: str):

@@ -16,7 +16,7 @@ from tuneforge.config.registry import METHOD_SECTIONS
 from tuneforge.config.schema import (DataSection, EvalSection, ExportSection, GenerationSection, MethodSection, ModelSection,
                                      OutputSection)
 from tuneforge.config.train_args import DEFAULTS as TRAIN_DEFAULTS
-from tuneforge.config.train_args import TrainSection, coerce_training_value, training_fields
+from tuneforge.config.train_args import TrainSection, coerce_training_value, stage_fields
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def known_keys() -> set[str]:
     _ensure_registered()
     keys = set(_key_owners())
     for name in STAGES or ["sft"]:
-        keys |= set(training_fields(stage_args_class(name)))
+        keys |= set(stage_fields(name))
         keys |= set(STAGES[name].llamafactory_names) if name in STAGES else set()
     return keys
 
@@ -212,8 +212,7 @@ def from_flat(flat: dict[str, Any], purpose: str = "train") -> RunConfig:
         logger.info(note)
     owners = _key_owners()
     stage = flat.get("stage", MethodSection.stage)
-    stage_cls = stage_args_class(str(stage))
-    tfields = training_fields(stage_cls)
+    tfields = stage_fields(str(stage))
     sections_cls = _all_sections()
     grouped: dict[str, dict[str, Any]] = {name: {} for name in sections_cls}
     train_args: dict[str, Any] = {}
@@ -240,7 +239,7 @@ def from_flat(flat: dict[str, Any], purpose: str = "train") -> RunConfig:
             grouped[owners[key]][key] = value
         elif key in tfields:
             try:
-                train_args[key] = coerce_training_value(key, value, stage_cls)
+                train_args[key] = coerce_training_value(key, value, tfields)
             except ValueError as e:
                 problems.append((key, f"`{key}` {e}"))
         elif key in compat.LLAMAFACTORY_ONLY:
@@ -295,7 +294,7 @@ def _stage_owning(key: str) -> str | None:
     from tuneforge.stages.registry import STAGES
 
     for name in sorted(STAGES):
-        if key in training_fields(stage_args_class(name)) or key in STAGES[name].llamafactory_names:
+        if key in stage_fields(name) or key in STAGES[name].llamafactory_names:
             return name
     return None
 

@@ -1,8 +1,8 @@
-"""The `train` section: any `transformers.TrainingArguments` name, typed and checked against that class."""
+"""The `train` section: any `transformers.TrainingArguments` name (or the stage's TRL config), typed and checked against
+that class's fields, read from the cached field table (config/arg_fields.py) so validation does not import transformers."""
 
 import dataclasses
 import enum
-import typing
 from typing import Any, get_args, get_origin
 
 from tuneforge.config.errors import did_you_mean
@@ -67,20 +67,33 @@ def _default_args_class() -> type:
     return TrainingArguments
 
 
-def training_fields(args_class: type | None = None, own_only: bool = False) -> dict[str, dataclasses.Field]:
+def training_fields(args_class: type | None = None, own_only: bool = False) -> dict[str, Any]:
     """The fields of a stage's arguments class (TrainingArguments or a TRL config) by name, minus the keys other
     sections own. Both checkpointing spellings are accepted even where the installed class has only one of them
-    (`own_only`: just the class's own fields)."""
-    cls = args_class or _default_args_class()
-    if cls not in _FIELDS:
-        hints = typing.get_type_hints(cls)
-        fields = {}
-        for f in dataclasses.fields(cls):
-            if f.init and f.name not in OWNED_ELSEWHERE:
-                f.type = hints.get(f.name, f.type)
-                fields[f.name] = f
-        _FIELDS[cls] = fields
-    fields = _FIELDS[cls]
+    (`own_only`: just the class's own fields). Without `args_class`: TrainingArguments' fields from the cached table
+    (config.arg_fields), so nothing imports transformers."""
+    if args_class is None:
+        return stage_fields(None, own_only)
+    if args_class not in _FIELDS:
+        from tuneforge.config.arg_fields import live_fields
+
+        _FIELDS[args_class] = live_fields(args_class)
+    return _with_aliases(_FIELDS[args_class], own_only)
+
+
+def stage_fields(stage: str | None, own_only: bool = False) -> dict[str, Any]:
+    """`training_fields` of a registered stage's arguments class (TrainingArguments for None or an unknown stage), read
+    from the cached field table: the class itself is imported only when the table is missing or stale."""
+    from tuneforge.config.arg_fields import fields_of
+    from tuneforge.stages.registry import STAGES, Stage
+
+    record = STAGES.get(stage) if stage is not None else None
+    make_class = record.args_class if record is not None else Stage.args_class
+    return _with_aliases(fields_of(make_class), own_only)
+
+
+def _with_aliases(all_fields: dict[str, Any], own_only: bool) -> dict[str, Any]:
+    fields = {name: f for name, f in all_fields.items() if name not in OWNED_ELSEWHERE}
     if own_only:
         return fields
     from tuneforge.train.checkpointing import ALIASES
@@ -103,9 +116,10 @@ def _enum_in(tp: Any) -> type[enum.Enum] | None:
     return None
 
 
-def coerce_training_value(name: str, value: Any, args_class: type | None = None) -> Any:
-    """Check one `train` value against its annotation in the stage's arguments class; ValueError names what is allowed."""
-    tp = training_fields(args_class)[name].type
+def coerce_training_value(name: str, value: Any, fields: dict[str, Any] | None = None) -> Any:
+    """Check one `train` value against its annotation in `fields` (a stage's `training_fields`; default
+    TrainingArguments'); ValueError names what is allowed."""
+    tp = (fields if fields is not None else training_fields())[name].type
     choices = _enum_in(tp)
     if choices is not None and value is False and "no" in [c.value for c in choices]:
         value = "no"  # YAML 1.1 reads an unquoted `no` as false

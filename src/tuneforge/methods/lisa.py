@@ -7,11 +7,10 @@ The active set of switch k is a pure function of (seed, k), so resuming at any s
 checkpoint also records it (checkpoint_state), and a resume keeps the recorded set for the interval in progress.
 The optimizer is built over every parameter once (a frozen parameter has no gradient, so AdamW skips it)."""
 
+import functools
 import logging
 import random
 from dataclasses import dataclass
-
-from transformers import TrainerCallback
 
 from tuneforge.config import field
 from tuneforge.methods.registry import register_method
@@ -89,8 +88,9 @@ def optimizer(model, cfg, args):
                     {"params": groups[False], "weight_decay": 0.0}], **opt_kwargs)
 
 
-class LisaCallback(TrainerCallback):
-    """Switch the active layers every `interval` optimizer steps (at the first micro-batch of a step)."""
+class LisaCallback:
+    """Switch the active layers every `interval` optimizer steps (at the first micro-batch of a step). The Trainer gets
+    it mixed with TrainerCallback (`callbacks`), so registering the method does not import transformers."""
 
     def __init__(self, k: int, interval: int, seed: int, release_state: bool = True):
         self.k, self.interval, self.seed, self.release_state = k, interval, seed, release_state
@@ -134,7 +134,14 @@ class LisaCallback(TrainerCallback):
 
 def callbacks(cfg):
     sec: LisaSection = cfg.method_section("lisa")
-    return [LisaCallback(sec.lisa_layers, sec.lisa_interval, cfg.data.seed)]
+    return [_trainer_callback()(sec.lisa_layers, sec.lisa_interval, cfg.data.seed)]
+
+
+@functools.cache
+def _trainer_callback() -> type:
+    from transformers import TrainerCallback
+
+    return type("LisaCallback", (LisaCallback, TrainerCallback), {"__doc__": LisaCallback.__doc__})
 
 
 def memory(shape, x):

@@ -1,10 +1,13 @@
-"""Architecture facts: where the decoder layers are, parameter counts."""
+"""Architecture facts: where the decoder layers are, parameter counts. torch is imported on first use: method
+modules import these helpers when they register, and config validation must not pay for torch."""
 
-import torch
+from __future__ import annotations
 
 
-def decoder_layers(model) -> tuple[str, torch.nn.ModuleList]:
+def decoder_layers(model) -> tuple[str, torch.nn.ModuleList]:  # noqa: F821
     """The ModuleList of transformer blocks and its dotted name (e.g. `model.layers`)."""
+    import torch
+
     n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     best = None
     for name, module in model.named_modules():
@@ -33,6 +36,8 @@ def count_parameters(model) -> tuple[int, int]:
 
 def linear_module_names(model) -> list[str]:
     """Short names of the Linear layers inside the decoder layers (e.g. q_proj, down_proj)."""
+    import torch
+
     prefix, _ = decoder_layers(model)
     names = set()
     for name, module in model.named_modules():

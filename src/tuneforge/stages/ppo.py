@@ -7,12 +7,11 @@ adapter and score head loaded as a second, frozen adapter. `reward_model_type: f
 classifier, or an adapter on its own base) as a separate model; a policy without adapters (full, freeze, ...) gets
 a separate frozen reference copy. PPO settings keep LLaMA-Factory's names and defaults."""
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
 from typing import Literal
-
-from transformers import TrainingArguments
 
 from tuneforge import TuneforgeError
 from tuneforge.stages.registry import register_stage
@@ -20,25 +19,37 @@ from tuneforge.stages.registry import register_stage
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class PPOArguments(TrainingArguments):
-    """TrainingArguments plus the PPO settings (LLaMA-Factory's names and defaults). One PPO step collects
-    per_device_train_batch_size x gradient_accumulation_steps x ppo_buffer_size replies, then makes ppo_epochs passes
-    over them with an optimizer update every gradient_accumulation_steps micro-batches."""
-
-    ppo_buffer_size: int = field(default=1, metadata={"help": "Rollout mini-batches (of per_device_train_batch_size x "
-                                                               "gradient_accumulation_steps replies) collected per PPO step."})
-    ppo_epochs: int = field(default=4, metadata={"help": "Optimisation passes over each rollout."})
-    ppo_score_norm: bool = field(default=False, metadata={"help": "Normalise reward scores by their running mean and std."})
-    ppo_target: float = field(default=6.0, metadata={"help": "Target KL (summed per reply) of the adaptive KL penalty."})
-    ppo_whiten_rewards: bool = field(default=False, metadata={"help": "Whiten the per-token rewards before computing advantages."})
-    reward_model: str | None = field(default=None, metadata={"help": "The output_dir of a `stage: rm` run (LoRA adapter or full model)."})
-    reward_model_type: Literal["lora", "full"] = field(default="lora", metadata={
-        "help": "lora: the reward adapter shares the policy's base (one copy in memory); full: a separate reward model."})
-
-
+@functools.cache
 def _args_class() -> type:
+    """PPOArguments: TrainingArguments plus the PPO settings (built on first use: importing this stage does not import
+    transformers)."""
+    from transformers import TrainingArguments
+
+    @dataclass
+    class PPOArguments(TrainingArguments):
+        """TrainingArguments plus the PPO settings (LLaMA-Factory's names and defaults). One PPO step collects
+        per_device_train_batch_size x gradient_accumulation_steps x ppo_buffer_size replies, then makes ppo_epochs passes
+        over them with an optimizer update every gradient_accumulation_steps micro-batches."""
+
+        ppo_buffer_size: int = field(default=1, metadata={"help": "Rollout mini-batches (of per_device_train_batch_size x "
+                                                                   "gradient_accumulation_steps replies) collected per PPO step."})
+        ppo_epochs: int = field(default=4, metadata={"help": "Optimisation passes over each rollout."})
+        ppo_score_norm: bool = field(default=False, metadata={"help": "Normalise reward scores by their running mean and std."})
+        ppo_target: float = field(default=6.0, metadata={"help": "Target KL (summed per reply) of the adaptive KL penalty."})
+        ppo_whiten_rewards: bool = field(default=False, metadata={"help": "Whiten the per-token rewards before computing advantages."})
+        reward_model: str | None = field(default=None, metadata={"help": "The output_dir of a `stage: rm` run (LoRA adapter or full model)."})
+        reward_model_type: Literal["lora", "full"] = field(default="lora", metadata={
+            "help": "lora: the reward adapter shares the policy's base (one copy in memory); full: a separate reward model."})
+
+    PPOArguments.__qualname__ = "PPOArguments"  # pickled with the run's arguments: found through __getattr__ below
     return PPOArguments
+
+
+def __getattr__(name: str):
+    """`PPOArguments` as a module attribute, built on first use."""
+    if name == "PPOArguments":
+        return _args_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def validate(cfg) -> list:
