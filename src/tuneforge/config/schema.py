@@ -15,7 +15,8 @@ class ModelSection:
     adapter_name_or_path: str | None = field(None, help="A saved LoRA adapter folder to continue training from.")
     trust_remote_code: bool = field(False, help="Run model code shipped with the checkpoint; only for models you trust.")
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
-        "auto", help="Weight dtype. auto: float32 on CPU (bf16 is slower without native support), bf16/fp16 on GPU per the bf16/fp16 flags.")
+        "auto", help="Weight dtype. auto: bf16/fp16 on GPU per the bf16/fp16 flags; on CPU bfloat16 for LoRA with AMX/AVX512-BF16 "
+                "and hidden >= 512 (measured faster), else float32.")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = field(
         "sdpa", help="Attention kernel; sdpa is fastest on CPU.")
     cache_dir: str | None = field(None, help="Where converted GGUF models and tokenized datasets are cached (default ~/.cache/tuneforge).")
@@ -100,9 +101,9 @@ class MethodSection:
     memory_check: bool = field(True, help="Refuse to start when the memory estimate is far above the memory available.")
     supervised_logits_only: bool = field(
         True, help="Project onto the vocabulary only where labels are supervised, in chunks (same loss, less time and memory).")
-    allocator: Literal["auto", "tcmalloc", "jemalloc", "system"] = field(
-        "auto", help="malloc for `tuneforge train`: auto uses tcmalloc or jemalloc when the system has it (faster, less "
-                     "fragmentation on the CPU), system keeps glibc's.")
+    allocator: Literal["auto", "tcmalloc", "jemalloc", "mimalloc", "system"] = field(
+        "auto", help="malloc for `tuneforge train`: auto uses tcmalloc or jemalloc when the system has it, else mimalloc "
+                     "from the cmeel-mimalloc wheel (faster, less fragmentation on the CPU); system keeps glibc's.")
     llamafactory_defaults: bool | None = field(
         None, help="Apply LLaMA-Factory's defaults where they differ from tuneforge's (activation checkpointing on unless "
                    "disable_gradient_checkpointing: true). Default: on for an LLaMA-Factory config (one with `do_train` or "

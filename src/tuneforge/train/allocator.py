@@ -1,4 +1,4 @@
-"""Preload tcmalloc or jemalloc for training: faster steps and a lower peak RSS than glibc's malloc.
+"""Preload tcmalloc, jemalloc or mimalloc for training: faster steps and a lower peak RSS than glibc's malloc.
 
 With packing, tensor sizes change every step (a packed row is as long as its examples). glibc's malloc
 cannot reuse the freed blocks for the next, differently sized step and its heap fragments: on SmolLM2
@@ -7,8 +7,9 @@ size-classed free lists per thread and return memory without that growth (measur
 and ~15% more tokens/s with tcmalloc).
 
 A malloc can only be swapped before the process starts (LD_PRELOAD), so the `tuneforge` command
-re-executes itself once with the library preloaded. Nothing is installed: the library is used when the
-system has it (Debian/Ubuntu: `apt install libtcmalloc-minimal4` or `libjemalloc2`; conda: `gperftools`).
+re-executes itself once with the library preloaded. `allocator: auto` takes tcmalloc or jemalloc when the system
+has one (Debian/Ubuntu: `apt install libtcmalloc-minimal4` or `libjemalloc2`; conda: `gperftools`), else mimalloc,
+which `pip install tuneforge` brings (the cmeel-mimalloc wheel puts libmimalloc.so under site-packages/cmeel.prefix/lib).
 """
 
 import glob
@@ -20,25 +21,34 @@ from tuneforge import TuneforgeError
 
 log = logging.getLogger(__name__)
 
-CHOICES = ("auto", "tcmalloc", "jemalloc", "system")
-LIBRARIES = {"tcmalloc": ("tcmalloc_minimal", "tcmalloc"), "jemalloc": ("jemalloc",)}
+CHOICES = ("auto", "tcmalloc", "jemalloc", "mimalloc", "system")
+AUTO_ORDER = ("tcmalloc", "jemalloc", "mimalloc")
+LIBRARIES = {"tcmalloc": ("tcmalloc_minimal", "tcmalloc"), "jemalloc": ("jemalloc",), "mimalloc": ("mimalloc",)}
 INSTALL_HINT = {"tcmalloc": "apt install libtcmalloc-minimal4 (Debian/Ubuntu) or conda install gperftools",
-                "jemalloc": "apt install libjemalloc2 (Debian/Ubuntu) or conda install jemalloc"}
+                "jemalloc": "apt install libjemalloc2 (Debian/Ubuntu) or conda install jemalloc",
+                "mimalloc": "pip install cmeel-mimalloc"}
 MARK = "TUNEFORGE_ALLOCATOR_REEXEC"  # set in the re-executed process so it never re-executes again
 KNOWN_MALLOCS = ("tcmalloc", "jemalloc", "mimalloc")
+# TUNEFORGE_ALLOCATOR_SYSTEM=0 hides the system's library folders: a machine where only pip installed anything
+SYSTEM_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib", "/lib64")
 
 
-def search_dirs() -> list[str]:
-    """Library folders to look in: the environment's own first, then the system's."""
-    dirs = [os.path.join(sys.prefix, "lib")]
-    if os.environ.get("CONDA_PREFIX"):
-        dirs.append(os.path.join(os.environ["CONDA_PREFIX"], "lib"))
-    dirs += ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib", "/lib64"]
+def search_dirs(env: dict[str, str] | None = None) -> list[str]:
+    """Library folders to look in: the environment's own (with the cmeel wheels' prefix, where cmeel-mimalloc puts
+    libmimalloc.so) first, then the system's unless TUNEFORGE_ALLOCATOR_SYSTEM=0."""
+    import sysconfig
+
+    env = os.environ if env is None else env
+    dirs = [os.path.join(sys.prefix, "lib"), os.path.join(sysconfig.get_paths()["purelib"], "cmeel.prefix", "lib")]
+    if env.get("CONDA_PREFIX"):
+        dirs.append(os.path.join(env["CONDA_PREFIX"], "lib"))
+    if env.get("TUNEFORGE_ALLOCATOR_SYSTEM", "1") != "0":
+        dirs += SYSTEM_DIRS
     return dirs
 
 
 def find_library(name: str, dirs: list[str] | None = None) -> str | None:
-    """Path of the shared library for `name` (tcmalloc or jemalloc), or None if the system has none."""
+    """Path of the shared library for `name` (tcmalloc, jemalloc or mimalloc), or None if none is installed."""
     for stem in LIBRARIES[name]:
         for folder in dirs if dirs is not None else search_dirs():
             hits = sorted(glob.glob(os.path.join(folder, f"lib{stem}.so*")), key=len)
@@ -64,9 +74,9 @@ def plan(choice: str, env: dict[str, str], dirs: list[str] | None = None, platfo
     preloaded = env.get("LD_PRELOAD", "")
     if any(name in preloaded for name in KNOWN_MALLOCS):
         return None  # the user chose one already
-    names = ("tcmalloc", "jemalloc") if choice == "auto" else (choice,)
+    names = AUTO_ORDER if choice == "auto" else (choice,)
     for name in names:
-        path = find_library(name, dirs)
+        path = find_library(name, dirs if dirs is not None else search_dirs(env))
         if path:
             new = dict(env)
             new["LD_PRELOAD"] = f"{path}:{preloaded}" if preloaded else path
@@ -104,12 +114,22 @@ def active() -> str:
 
 
 def report(choice: str = "auto") -> str:
-    """Log which malloc this run uses, with a hint when a faster one could be installed; returns its name."""
-    name = active()
-    if name == "glibc" and choice == "auto" and sys.platform.startswith("linux"):
-        log.info("malloc: glibc (install tcmalloc for ~15%% faster CPU steps and a lower peak RSS: %s)", INSTALL_HINT["tcmalloc"])
+    """Log which malloc this run uses and why, with a hint when a faster one could be installed; returns its name."""
+    name, chosen = active(), os.environ.get(MARK)
+    if chosen and choice == "auto" and name == "mimalloc":
+        why = "allocator: auto; no tcmalloc or jemalloc on this system, so mimalloc from the cmeel-mimalloc wheel"
+    elif chosen:
+        why = f"allocator: {choice}, preloaded"
+    elif name != "glibc":
+        why = "preloaded by LD_PRELOAD"
+    elif choice == "system":
+        why = "allocator: system"
+    elif sys.platform.startswith("linux"):
+        why = (f"no tcmalloc, jemalloc or mimalloc found; {INSTALL_HINT['mimalloc']} or {INSTALL_HINT['tcmalloc']} "
+               f"for a lower peak RSS")
     else:
-        log.info("malloc: %s", name)
+        why = "LD_PRELOAD is a Linux mechanism"
+    log.info("malloc: %s (%s)", name, why)
     return name
 
 
