@@ -11,7 +11,8 @@ The random models are written to disk shard by shard in bf16 (building the 3B on
 While a model loads, transformers keeps every safetensors shard memory-mapped, and the pages it has read count in
 RSS (file-backed: the kernel can drop them, the checkpoint's size at most), so the anonymous RSS (RssAnon, sampled
 every 0.25 s) is printed beside it: the memory the run really needs, and what the estimate models. tokens/s counts
-the steps after `warmup`; the estimate is the `memory estimate:` line the run prints before loading.
+the steps after `warmup`; the estimate is the `memory estimate:` line the run prints before loading, for the largest
+batch of the data; `group_by_length` makes that batch the first one (its longest examples first), so a short run sees it.
 The fp32 LoRA run of the 3B model needs ~14 GiB: it is skipped when less than 16 GiB is available.
 
 usage: python benchmarks/qlora_memory.py [--models smollm2,llama350m,llama3b] [--rows lora,qlora4,qlora4_gc,qlora8]
@@ -119,7 +120,7 @@ def run_one(model: str, row: str, source: str, spec: dict, out: str) -> dict | N
     args = [f"model_name_or_path={source}", "finetuning_type=lora", "dataset=data/pydoc_alpaca.json",
             f"cutoff_len={spec['cutoff']}", f"per_device_train_batch_size={spec['batch']}", f"max_steps={spec['steps']}",
             "learning_rate=1e-4", "logging_steps=1", "save_strategy=no", "disable_tqdm=true", "plot_loss=false",
-            f"output_dir={out}", *ROWS[row][1]]
+            "torch_dtype=float32", "group_by_length=true", f"output_dir={out}", *ROWS[row][1]]
     cmd = [os.path.join(os.path.dirname(sys.executable), "tuneforge"), "train", *args]
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, text=True)
@@ -132,7 +133,7 @@ def run_one(model: str, row: str, source: str, spec: dict, out: str) -> dict | N
     if proc.returncode != 0:
         print(f"{model}:{row} failed\n{stderr[-2000:]}", file=sys.stderr)
         return None
-    found = re.search(r"memory estimate: ([0-9.]+) GiB", stderr)
+    found = re.search(r"memory estimate: ([0-9.]+) GiB(?:, peak while (\w+))?", stderr)
     with open(os.path.join(out, "all_results.json")) as fh:
         results = json.load(fh)
     with open(os.path.join(out, "trainer_log.jsonl")) as fh:
@@ -142,7 +143,8 @@ def run_one(model: str, row: str, source: str, spec: dict, out: str) -> dict | N
     shutil.rmtree(out, ignore_errors=True)
     return {"model": model, "row": row, "peak_rss_gib": results["peak_rss_gib"], "peak_anon_gib": anon / 2**20,
             "tokens_per_s": (n1 - n0) / (t1 - t0),
-            "estimate_gib": float(found.group(1)) if found else None, "loss": steps[-1]["loss"], "malloc": results.get("malloc")}
+            "estimate_gib": float(found.group(1)) if found else None,
+            "estimate_phase": (found.group(2) or "-") if found else "-", "loss": steps[-1]["loss"], "malloc": results.get("malloc")}
 
 
 def largest_fitting(folder3b: str | None, budget: float = 24 * GIB) -> list[tuple[str, str, float]]:
@@ -162,7 +164,7 @@ def largest_fitting(folder3b: str | None, budget: float = 24 * GIB) -> list[tupl
     out = []
     for name, shape in shapes:
         for setting, kw in (("LoRA fp32", {}), ("QLoRA 4-bit + checkpointing", {"quantization_bit": 4, "gradient_checkpointing": True})):
-            x = EstimateInput(finetuning_type="lora", batch=1, seq=256, **kw)
+            x = EstimateInput(finetuning_type="lora", batch=1, seq=256, checkpoint_dtype="bfloat16", **kw)  # hub checkpoints: bf16
             out.append((f"{name} ({shape.total_params / 1e9:.1f}B)", setting, estimate_shape(shape, x).total))
     return out
 
@@ -216,13 +218,13 @@ def main():
 def report(results: list[dict], fits: list[tuple[str, str, float]]) -> None:
     malloc = results[0]["malloc"] if results else "?"
     print(f"QLoRA memory on the CPU ({os.cpu_count()} CPUs, malloc {malloc}); peak RSS of the whole `tuneforge train` process")
-    print(f"{'model':<30}{'run':<30}{'peak RSS GiB':>13}{'anon GiB':>10}{'estimate GiB':>13}{'est. error':>11}{'tokens/s':>10}"
+    print(f"{'model':<30}{'run':<30}{'peak RSS GiB':>13}{'anon GiB':>10}{'estimate GiB':>13}{'est. error':>11}{'peak at':>9}{'tokens/s':>10}"
           f"{'last loss':>10}")
     for r in results:
         err = f"{100 * (r['estimate_gib'] - r['peak_rss_gib']) / r['peak_rss_gib']:+.0f}%" if r["estimate_gib"] else "-"
         print(f"{MODELS[r['model']]['label']:<30}{ROWS[r['row']][0]:<30}{r['peak_rss_gib']:>13.2f}{r['peak_anon_gib']:>10.2f}"
               f"{r['estimate_gib'] or 0:>13.2f}"
-              f"{err:>11}{r['tokens_per_s']:>10.1f}{r['loss']:>10.3f}")
+              f"{err:>11}{r.get('estimate_phase', '-'):>9}{r['tokens_per_s']:>10.1f}{r['loss']:>10.3f}")
     print("\nestimated peak RSS, batch 1, cutoff 256 (24 GiB machine):")
     for name, setting, total in fits:
         print(f"  {name:<50}{setting:<30}{total / GIB:>8.1f} GiB{'' if total <= 24 * GIB else '  does not fit'}")

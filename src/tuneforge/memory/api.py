@@ -6,9 +6,10 @@ import json
 import os
 
 from tuneforge import TuneforgeError
+from tuneforge.memory import process
 from tuneforge.memory.estimate import GIB, EstimateInput, MemoryReport, estimate_shape
 from tuneforge.memory.shapes import ModelShape, load_shape
-from tuneforge.train import checkpointing
+from tuneforge.train import allocator, checkpointing
 
 
 def shape_of(model_name_or_path: str, cache_dir: str | None = None) -> ModelShape:
@@ -30,6 +31,23 @@ def shape_of(model_name_or_path: str, cache_dir: str | None = None) -> ModelShap
         raise
 
 
+def folder_of(model_name_or_path: str, cache_dir: str | None = None) -> str | None:
+    """The local folder holding the model's weights (a GGUF's cached conversion), or None when there is none yet."""
+    if os.path.isdir(model_name_or_path):
+        return model_name_or_path
+    from tuneforge.data.cache import cache_root
+    from tuneforge.models import aliases, gguf
+
+    try:
+        source = aliases.resolve(model_name_or_path)
+    except TuneforgeError:
+        return None
+    if source.gguf_file:
+        folder = gguf.cached_folder(source, cache_root(cache_dir))
+        return folder if os.path.isdir(folder) else None
+    return source.path if source.path and os.path.isdir(source.path) else None
+
+
 def sharding_of(cfg) -> tuple[str, int]:
     """(sharding, world size) from `deepspeed`/`fsdp` training arguments and WORLD_SIZE."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -49,19 +67,21 @@ def sharding_of(cfg) -> tuple[str, int]:
 def input_from_config(cfg, **overrides) -> EstimateInput:
     """The estimator's inputs for a RunConfig (batch = per-device batch, seq = cutoff_len; `options` = the method's
     section values). `overrides` set fields (None: keep)."""
-    import torch
-
-    from tuneforge.models.loader import resolve_dtype
+    from tuneforge.config.resolve import dtype_name as resolve_dtype  # torch-free for a resolved config
+    from tuneforge.hardware import gpu_present
 
     args = cfg.train.args
     dtype = str(resolve_dtype(cfg.model, args)).replace("torch.", "")
-    cuda = torch.cuda.is_available()
+    cuda = gpu_present()
     autocast = ("bfloat16" if args.get("bf16") else "float16" if args.get("fp16") else None) if dtype == "float32" else None
     sec = cfg.method_section()
     sharding, world = sharding_of(cfg)
     optim = str(args.get("optim", "adamw_torch"))
     every_n = checkpointing.every_n_layers(args)
+    checkpoint = process.checkpoint_of(folder_of(cfg.model.model_name_or_path, cfg.model.cache_dir) or "")
     x = EstimateInput(
+        malloc=process.malloc_key(allocator.planned(cfg.method.allocator), dict(os.environ)),
+        checkpoint_bytes=checkpoint.nbytes if checkpoint else None, checkpoint_dtype=checkpoint.dtype if checkpoint else None,
         finetuning_type=cfg.method.finetuning_type, batch=int(args.get("per_device_train_batch_size", 8)),
         seq=cfg.data.cutoff_len, dtype=dtype, autocast=autocast, device="cuda" if cuda else "cpu",
         quantization_bit=cfg.model.quantization_bit, double_quantization=cfg.model.double_quantization, optim=optim,
@@ -87,9 +107,11 @@ def estimate(cfg, convention: str = "realistic", **overrides) -> MemoryReport:
 
 def device_memory(available_only: bool = False) -> tuple[float, str]:
     """(bytes, what): the GPU's memory via torch, else the machine's RAM (MemAvailable when `available_only`)."""
-    import torch
+    from tuneforge.hardware import gpu_present
 
-    if torch.cuda.is_available():
+    if gpu_present():
+        import torch
+
         free, total = torch.cuda.mem_get_info()
         return float(free if available_only else total), f"GPU {torch.cuda.get_device_name()}"
     info = {}

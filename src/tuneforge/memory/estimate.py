@@ -5,8 +5,9 @@ buffers) and overhead, from a model's config.json alone. What a method trains an
 Two conventions:
 - `realistic` (default): what PyTorch really keeps: the real architecture (GQA, gated MLP widths, tied
   embeddings), gradients, fp32 master weights where they exist, the tensors autograd saves per layer,
-  vocabulary-sized fp32 buffers around the loss, framework and allocator overhead. Two constants
-  (LOSS_BUFFERS, CPU_FRAMEWORK) were fitted to measured peaks.
+  vocabulary-sized fp32 buffers around the loss, framework and allocator overhead. On the CPU the total is the whole
+  process's peak RSS (memory/process.py): its baseline, what the malloc keeps, the checkpoint's file pages, and
+  max(load peak, training peak); `whole_process=False` gives the tensors and framework alone (CPU_FRAMEWORK, SLACK).
 - `article`: the seed article's accounting (bf16 weights, fp32 AdamW states, no gradients, Korthikanti
   activations s*b*h*(34 + 5*a*s/h) per layer at 2 bytes per unit; checkpointing keeps sqrt(L) layers).
 """
@@ -15,9 +16,10 @@ import math
 from dataclasses import dataclass, field, fields
 
 from tuneforge.config.schema import MethodSection
+from tuneforge.memory import process
 from tuneforge.memory.footprint import ADAPTER, BYTES, COPY, WEIGHT, Footprint, adamw_bytes, value_bytes
 from tuneforge.memory.shapes import ModelShape
-from tuneforge.memory.sharding import shard
+from tuneforge.memory.sharding import shard, sharded_overhead
 from tuneforge.models.heads import CHUNK_BYTES, PLAIN_HEAD_MODEL_TYPES
 from tuneforge.train import checkpointing
 
@@ -58,6 +60,12 @@ class EstimateInput:
     # (a reference model, a separate reward model), and named extra bytes (a value head, generation caches)
     reference_copies: float = 0.0
     extra: dict = field(default_factory=dict)
+    # the whole process on the CPU (memory/process.py): the malloc the run uses (`train.allocator.planned`), and the
+    # checkpoint on disk (None: every parameter at checkpoint_dtype; checkpoint_dtype None: the weight dtype)
+    malloc: str = "glibc"
+    checkpoint_bytes: float | None = None
+    checkpoint_dtype: str | None = None
+    whole_process: bool = True  # False: tensors and framework only, as the process's RSS above its baseline
 
     def __post_init__(self):
         _check_options(self.finetuning_type, self.options)
@@ -92,15 +100,30 @@ class MemoryReport:
     detail: dict = field(default_factory=dict)
     overlap: float = 0.0  # bytes that never coexist (gradients fill as backward frees activations)
     known: bool = True
+    process: float = 0.0  # CPU: interpreter, libraries and tokenizer before the model loads
+    mapped: float = 0.0  # CPU: checkpoint file pages still resident while training
+    load: float = 0.0  # CPU: the peak while the model loads (process included); 0 when not modelled
+
+    @property
+    def train_peak(self) -> float:
+        return self.process + self.mapped + self.weights + self.gradients + self.optimizer + self.activations + self.overhead - self.overlap
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.overhead - self.overlap
+        """The peak: max(load peak, training peak)."""
+        return max(self.train_peak, self.load)
+
+    @property
+    def phase(self) -> str:
+        """Where the peak is: "load" or "train"."""
+        return "load" if self.load > self.train_peak else "train"
 
     def to_dict(self) -> dict:
         out = {f"{k}_gib": round(getattr(self, k) / GIB, 3) for k in ("weights", "gradients", "optimizer", "activations", "overhead")}
         out["total_gib"] = round(self.total / GIB, 3)
         out["overlap_gib"] = round(self.overlap / GIB, 3)
+        out.update(process_gib=round(self.process / GIB, 3), mapped_gib=round(self.mapped / GIB, 3),
+                   load_peak_gib=round(self.load / GIB, 3), train_peak_gib=round(self.train_peak / GIB, 3), peak_phase=self.phase)
         out.update(trainable_params=self.trainable_params, total_params=self.total_params, convention=self.convention,
                    known=self.known, detail=self.detail)
         return out
@@ -302,20 +325,52 @@ def estimate_shape(shape: ModelShape, x: EstimateInput, convention: str = "reali
         detail["activations"] += "; + one linear's dequantized weight"
     if x.autocast and x.dtype == "float32":  # autocast caches 16-bit copies of trainable base-dtype weights
         acts += fp.values(WEIGHT, COPY) * BYTES[x.autocast]
-    # CUDA: the context (outside torch's allocator). CPU: tokenizer, datasets and Trainer objects in the process.
-    context = 0.5 * GIB if x.device == "cuda" else CPU_FRAMEWORK * GIB
-    overhead = context + SLACK * acts + 0.02 * (weights + grads + opt)
-    detail["overhead"] = ("CUDA context 0.5 GiB" if x.device == "cuda" else f"tokenizer, data and Trainer {CPU_FRAMEWORK} GiB") + \
-        f" + allocator slack: {SLACK:.0%} of activations + 2% of the rest"
+    whole = x.device == "cpu" and x.whole_process
+    if whole:  # the malloc's retention of freed activations replaces the fixed slack
+        overhead = process.RUNTIME + process.RETENTION[_malloc(x)] * acts + 0.02 * (weights + grads + opt)
+        detail["overhead"] = (f"runtime {process.RUNTIME / GIB:.2f} GiB + {_malloc(x)} keeps "
+                              f"{process.RETENTION[_malloc(x)]:.0%} of activations + 2% of the rest")
+    else:  # CUDA: the context (outside torch's allocator). CPU: tokenizer, datasets and Trainer objects in the process.
+        context = 0.5 * GIB if x.device == "cuda" else CPU_FRAMEWORK * GIB
+        overhead = context + SLACK * acts + 0.02 * (weights + grads + opt)
+        detail["overhead"] = ("CUDA context 0.5 GiB" if x.device == "cuda" else f"tokenizer, data and Trainer {CPU_FRAMEWORK} GiB") + \
+            f" + allocator slack: {SLACK:.0%} of activations + 2% of the rest"
     for name, nbytes in x.extra.items():  # the stage's own buffers (value head, generation caches, ...)
         overhead += nbytes
         detail["overhead"] += f" + {name} {nbytes / GIB:.3f} GiB"
+    overhead += sharded_overhead(shape, x, grads, detail)  # several processes: DDP buckets, FSDP/ZeRO-3 plain loss
     # Without accumulation, gradients are cleared after each step (set to None) and filled during backward as
     # activations are freed, so the two peaks do not add up; with accumulation they persist into the next forward.
     overlap = min(acts, grads) if x.grad_accum <= 1 else 0.0
     if overlap:
         detail["overlap"] = "gradients fill as backward frees activations: the total counts the larger of the two"
-    return MemoryReport(weights, grads, opt, acts, overhead, fp.trainable, shape.total_params, "realistic", detail, overlap)
+    report = MemoryReport(weights, grads, opt, acts, overhead, fp.trainable, shape.total_params, "realistic", detail, overlap)
+    if whole:
+        _add_process(report, shape, x)
+    return report
+
+
+def _malloc(x: EstimateInput) -> str:
+    return x.malloc if x.malloc in process.RETENTION else "glibc"
+
+
+def _add_process(report: MemoryReport, shape: ModelShape, x: EstimateInput) -> None:
+    """The whole process on the CPU: its baseline, file pages still mapped while training, and the load-time peak."""
+    file_dtype = x.checkpoint_dtype or x.dtype
+    file_bytes = x.checkpoint_bytes if x.checkpoint_bytes is not None else shape.total_params * BYTES.get(file_dtype, 4)
+    same = file_dtype == x.dtype
+    quantized = bool(x.quantization_bit)
+    unquantized = (shape.total_params - shape.layers * shape.layer_linear_params) * BYTES[x.dtype]
+    report.process = process.BASELINE[_malloc(x)]
+    report.mapped = process.mapped_in_training(file_bytes, same, quantized, unquantized)
+    largest = max(a * b for a, b in shape.linears().values()) * 4
+    above, how = process.load_peak(report.weights, file_bytes, same, quantized, largest)
+    report.load = report.process + above
+    report.detail["process"] = f"{_malloc(x)}: interpreter, libraries and tokenizer {report.process / GIB:.2f} GiB"
+    if report.mapped:
+        report.detail["mapped"] = (f"{report.mapped / GIB:.2f} GiB of checkpoint pages stay mapped: unquantized tensors "
+                                   f"point into the {file_dtype} file")
+    report.detail["load"] = f"{report.load / GIB:.2f} GiB while loading: {how}"
 
 
 def unknown_report(shape: ModelShape, reason: str) -> MemoryReport:
@@ -350,7 +405,11 @@ def describe(report: MemoryReport, available: float | None = None) -> str:
              f"{'activations':<12}{report.activations / GIB:>9.2f} GiB  {report.detail.get('activations', '')}",
              f"{'overhead':<12}{report.overhead / GIB:>9.2f} GiB  {report.detail.get('overhead', '')}",
              *([f"{'overlap':<12}{-report.overlap / GIB:>9.2f} GiB  {report.detail.get('overlap', '')}"] if report.overlap else []),
-             f"{'total':<12}{report.total / GIB:>9.2f} GiB" + (f"  of {available / GIB:.1f} GiB available "
+             *([f"{'process':<12}{report.process / GIB:>9.2f} GiB  {report.detail.get('process', '')}"] if report.process else []),
+             *([f"{'mapped':<12}{report.mapped / GIB:>9.2f} GiB  {report.detail.get('mapped', '')}"] if report.mapped else []),
+             *([f"{'load peak':<12}{report.load / GIB:>9.2f} GiB  {report.detail.get('load', '')}"] if report.load else []),
+             f"{'total':<12}{report.total / GIB:>9.2f} GiB" + (f"  (peak while {'loading' if report.phase == 'load' else 'training'})"
+                                                               if report.load else "") + (f"  of {available / GIB:.1f} GiB available "
                                                                f"({'fits' if report.total <= available else 'does NOT fit'})"
                                                                if available else "")]
     return "\n".join(lines)
