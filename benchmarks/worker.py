@@ -15,7 +15,8 @@ def run_worker(cmd: list[str], cwd: str, label: str, env: dict | None = None) ->
     return json.loads(lines[-1])
 
 
-def run_train(args: list[str], out: str, cwd: str, label: str, time_file: str | None = None) -> tuple[float, dict, list[dict]]:
+def run_train(args: list[str], out: str, cwd: str, label: str, time_file: str | None = None,
+              env: dict | None = None) -> tuple[float, dict, list[dict]]:
     """`tuneforge train *args output_dir=out` in a fresh process (under GNU time writing `time_file`, if given):
     (wall seconds, all_results.json, the logged steps that carry a loss). Exits with its stderr tail on failure."""
     import os
@@ -25,7 +26,7 @@ def run_train(args: list[str], out: str, cwd: str, label: str, time_file: str | 
     if time_file:
         cmd = ["/usr/bin/time", "-v", "-o", time_file, *cmd]
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     wall = time.time() - t0
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-3000:])
