@@ -131,7 +131,7 @@ def cmd_estimate(args: list[str]) -> int:
         from tuneforge.run import batch_memo
         from tuneforge.run.memory_check import batch_from_data
 
-        preflight.check(cfg)
+        preflight.check(cfg, ints.get("world_size"))
         memo = batch_memo.key(cfg)
         batch = batch_memo.recall(cfg, memo)
         if batch is None:

@@ -25,8 +25,9 @@ def check_output(cfg) -> None:
         raise ConfigError(problems)
 
 
-def check(cfg) -> None:
-    """Raise ConfigError listing every problem with the model, datasets and adapter."""
+def check(cfg, world: int | None = None) -> None:
+    """Raise ConfigError listing every problem with the model, datasets and adapter. `world`: the number of processes
+    the run is planned for (`tuneforge estimate --world_size`); default this launch's."""
     from tuneforge import distributed
     from tuneforge.data import registry
     from tuneforge.distributed import checks as distributed_checks
@@ -46,7 +47,7 @@ def check(cfg) -> None:
     problems += _collect(steps)
     if not any(key == "model_name_or_path" for key, _ in problems):
         problems += _check_against_model(cfg)
-    problems += distributed_checks.problems(cfg, distributed.world_size())  # several processes: what cannot work
+    problems += distributed_checks.problems(cfg, world or distributed.world_size())  # several processes: what cannot work
     if problems:
         raise ConfigError(problems)
 
