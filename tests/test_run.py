@@ -128,6 +128,21 @@ def test_newcomer_defaults_are_estimated_on_the_real_rows_not_cutoff_len(tiny_mo
     assert (worst.rows, worst.seq) == (8, 2048) and "worst case" in worst.what
 
 
+def test_a_run_leaves_its_largest_batch_for_a_later_estimate(tiny_model_dir, data_dir, tmp_path):
+    """`tuneforge estimate` after a `tuneforge train` of the same config recalls the batch instead of tokenizing."""
+    from tuneforge.run import batch_memo
+    from tuneforge.run.memory_check import batch_from_data
+
+    cfg = config.resolve(config.load(None, {"model_name_or_path": tiny_model_dir, "dataset": "my_alpaca", "dataset_dir": data_dir,
+                                            "output_dir": str(tmp_path / "o"), "template": "chatml",
+                                            "cache_dir": str(tmp_path / "cache")}), quiet=True)
+    assert batch_memo.recall(cfg, batch_memo.key(cfg)) is None
+    run.build(cfg)
+    recalled = batch_memo.recall(cfg, batch_memo.key(cfg))
+    fresh = batch_from_data(cfg)
+    assert recalled is not None and (recalled.rows, recalled.seq, recalled.longest) == (fresh.rows, fresh.seq, fresh.longest)
+
+
 def test_refusal_comes_only_after_every_config_check_and_names_the_batch(tiny_model_dir, data_dir, tmp_path, monkeypatch, capsys):
     import tuneforge.memory as mem
     from tuneforge.cli import main

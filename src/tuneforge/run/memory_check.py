@@ -73,6 +73,17 @@ def estimate_for(cfg, shape, batch: Batch):
     return estimate_shape(shape, x), x
 
 
+def _remember(cfg, batch: Batch) -> None:
+    """Keep the run's largest batch for a later `tuneforge estimate` of this config (it then skips tokenizing)."""
+    import dataclasses
+
+    from tuneforge.distributed import is_main_process
+    from tuneforge.run import batch_memo
+
+    if is_main_process():
+        batch_memo.remember(cfg, batch_memo.key(cfg), dataclasses.replace(batch))
+
+
 def check(cfg, folder: str, stats: dict | None, events=None):
     """Estimate the run's largest batch and refuse when it is far above the memory available.
 
@@ -83,6 +94,8 @@ def check(cfg, folder: str, stats: dict | None, events=None):
     from tuneforge.memory.shapes import load_shape
 
     batch = largest_batch(cfg, stats)
+    if stats is not None:
+        _remember(cfg, batch)
     try:
         shape = load_shape(folder)
     except TuneforgeError as e:
