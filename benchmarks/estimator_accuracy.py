@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+from worker import status_kib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2**30
 MODELS = {
@@ -120,14 +122,6 @@ def train_args(model: str, method: str, folder: str, data: str, steps: int) -> l
             *METHODS[method]]
 
 
-def _status_kib(pid: int, field: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            return next(int(line.split()[1]) for line in fh if line.startswith(field + ":"))
-    except (OSError, StopIteration, ValueError):
-        return 0
-
-
 def measure(row: str, folders: dict, data: str, steps: int, workdir: str) -> dict | None:
     """One `tuneforge train` under GNU time: whole-process peak RSS, and the largest anonymous and file-backed RSS
     seen by sampling every 0.2 s."""
@@ -148,8 +142,8 @@ def measure(row: str, folders: dict, data: str, steps: int, workdir: str) -> dic
                 except (OSError, IndexError, ValueError):
                     pass
             if child:
-                anon = max(anon, _status_kib(child, "RssAnon"))
-                file = max(file, _status_kib(child, "RssFile"))
+                anon = max(anon, status_kib(child, "RssAnon"))
+                file = max(file, status_kib(child, "RssFile"))
             time.sleep(0.2)
         err.seek(0)
         stderr = err.read()

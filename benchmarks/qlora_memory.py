@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+from worker import status_kib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2**30
 ROWS = {
@@ -106,15 +108,6 @@ def available_bytes() -> int:
         return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable"))
 
 
-def _status_kib(pid: int, field: str) -> int:
-    """A `/proc/<pid>/status` figure in KiB (0 once the process is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            return next(int(line.split()[1]) for line in fh if line.startswith(field + ":"))
-    except (OSError, StopIteration, ValueError):
-        return 0
-
-
 def run_one(model: str, row: str, source: str, spec: dict, out: str) -> dict | None:
     """One `tuneforge train` in a fresh process: peak RSS, tokens/s after warm-up, the printed estimate."""
     args = [f"model_name_or_path={source}", "finetuning_type=lora", "dataset=data/pydoc_alpaca.json",
@@ -126,7 +119,7 @@ def run_one(model: str, row: str, source: str, spec: dict, out: str) -> dict | N
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, text=True)
         anon = 0
         while proc.poll() is None:  # the same pid after `tuneforge` re-executes itself under tcmalloc
-            anon = max(anon, _status_kib(proc.pid, "RssAnon"))
+            anon = max(anon, status_kib(proc.pid, "RssAnon"))
             time.sleep(0.25)
         err.seek(0)
         stderr = err.read()

@@ -36,3 +36,12 @@ def run_train(args: list[str], out: str, cwd: str, label: str, time_file: str | 
     with open(os.path.join(out, "trainer_log.jsonl")) as fh:
         steps = [json.loads(line) for line in fh if '"loss"' in line]
     return wall, results, steps
+
+
+def status_kib(pid: int, field: str) -> int:
+    """A `/proc/<pid>/status` figure in KiB (0 once the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith(field + ":"))
+    except (OSError, StopIteration, ValueError):
+        return 0

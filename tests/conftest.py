@@ -3,6 +3,7 @@ HF folder, dataset folders written per test, and (for e2e tests) the real SmolLM
 
 import json
 import os
+import time
 
 import pytest
 
@@ -110,3 +111,14 @@ def smollm2_dir():
     from tuneforge.config.schema import ModelSection
 
     return local_folder(ModelSection(), cache_root(None))
+
+
+def wait_for(fn, timeout=30.0, every=0.05):
+    """Poll `fn` until it returns something truthy (returned), or fail after `timeout` seconds."""
+    end = time.time() + timeout
+    while time.time() < end:
+        value = fn()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s")

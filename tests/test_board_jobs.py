@@ -14,6 +14,7 @@ from tuneforge.board import jobs as board_jobs, process
 from tuneforge.board.jobs import Runs
 from tuneforge.config.errors import ConfigError
 from tuneforge.run import read_events
+from conftest import wait_for
 
 # A stand-in for `tuneforge train CONFIG`: writes events like a run, one step every STEP_S seconds, keeps a helper
 # process in its group, and on SIGTERM ends its step and records `stopped` (mode `deaf` ignores SIGTERM, `crash` dies).
@@ -66,16 +67,6 @@ def fake(tmp_path):
 def run_config(tmp_path, name, steps=3, **extra):
     return {"model_name_or_path": "tiny-model", "dataset": "my_alpaca", "output_dir": str(tmp_path / "out" / name),
             "max_steps": steps, **extra}
-
-
-def wait_for(fn, timeout=30.0, every=0.05):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s")
 
 
 def group_alive(pgid: int) -> bool:

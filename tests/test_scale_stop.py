@@ -12,16 +12,7 @@ import time
 from tuneforge import config
 from tuneforge.board.jobs import Runs
 from tuneforge.run import read_events
-
-
-def wait_for(fn, timeout, every=0.2):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s")
+from conftest import wait_for
 
 
 def test_the_board_stops_a_two_process_run_at_one_step_with_one_checkpoint_and_it_resumes(tiny_model_dir, data_dir,
