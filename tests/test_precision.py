@@ -34,7 +34,19 @@ def _resolved(tmp_path, hidden, *extra):
     return config.resolve(cfg)
 
 
-def test_lora_on_a_fast_bf16_cpu_resolves_to_bf16_and_logs_why(cpu, tmp_path, caplog):
+def test_lora_on_a_fast_bf16_cpu_stays_fp32_and_names_the_faster_opt_in(cpu, tmp_path, caplog):
+    cpu("amx_bf16", "avx512_bf16")
+    with caplog.at_level(logging.INFO, logger="tuneforge.config"):
+        cfg = _resolved(tmp_path, 576, "finetuning_type=lora")
+    assert cfg.model.torch_dtype == "float32"
+    (why,) = [w for key, _, _, w in cfg.changes if key == "torch_dtype"]
+    assert "amx_bf16, avx512_bf16" in why and "torch_dtype: bfloat16" in why and "opt in" in why
+    lines = [r.getMessage() for r in caplog.records if "torch_dtype" in r.getMessage()]
+    assert lines == [f"resolved torch_dtype: float32 ({why})"]
+
+
+def test_with_bf16_auto_on_lora_on_a_fast_bf16_cpu_resolves_to_bf16_and_logs_why(cpu, tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(precision, "BF16_AUTO", True)
     cpu("amx_bf16", "avx512_bf16")
     with caplog.at_level(logging.INFO, logger="tuneforge.config"):
         cfg = _resolved(tmp_path, 576, "finetuning_type=lora")
@@ -67,8 +79,9 @@ def test_fast_bf16_cpu_keeps_fp32_where_bf16_was_not_measured_faster(cpu, tmp_pa
     assert why.startswith("auto: CPU has avx512_bf16, but") and reason in why
 
 
-def test_tiny_models_stay_fp32_on_a_fast_bf16_cpu(cpu, tmp_path):
+def test_tiny_models_stay_fp32_on_a_fast_bf16_cpu(cpu, tmp_path, monkeypatch):
     """Test models (hidden 32-256) keep the fp32 behaviour the exact-equality tests assume."""
+    monkeypatch.setattr(precision, "BF16_AUTO", True)
     cpu("amx_bf16")
     cfg = _resolved(tmp_path, 256, "finetuning_type=lora")
     assert cfg.model.torch_dtype == "float32"

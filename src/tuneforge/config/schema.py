@@ -15,8 +15,8 @@ class ModelSection:
     adapter_name_or_path: str | None = field(None, help="A saved LoRA adapter folder to continue training from.")
     trust_remote_code: bool = field(False, help="Run model code shipped with the checkpoint; only for models you trust.")
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
-        "auto", help="Weight dtype. auto: bf16/fp16 on GPU per the bf16/fp16 flags; on CPU bfloat16 for LoRA with AMX/AVX512-BF16 "
-                "and hidden >= 512 (measured faster), else float32.")
+        "auto", help="Weight dtype. auto: bf16/fp16 on GPU per the bf16/fp16 flags, float32 on CPU (the log says when bfloat16 "
+                "is faster: LoRA on a CPU with AMX/AVX512-BF16, ~1.5x; opt in with torch_dtype: bfloat16).")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = field(
         "sdpa", help="Attention kernel; sdpa is fastest on CPU.")
     cache_dir: str | None = field(None, help="Where converted GGUF models and tokenized datasets are cached (default ~/.cache/tuneforge).")
