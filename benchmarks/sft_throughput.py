@@ -2,8 +2,8 @@
 
 usage: python benchmarks/sft_throughput.py [--steps 30] [--warmup 5] [--only lora-fp32,...] [--noise] [--repeat 1] [key=value ...]
 Rows (each a fresh `tuneforge train` process; the GGUF conversion and tokenization are cached first):
-  lora-fp32 / lora-bf16-auto / lora-bf16-autocast: LoRA r8 all-linear with fp32 weights, with what `torch_dtype: auto`
-  picks here (bf16 base weights + fp32 adapters on a CPU with AMX/AVX512-BF16), and fp32 weights under bf16 autocast;
+  lora-fp32 / lora-bf16-weights / lora-bf16-autocast: LoRA r8 all-linear with fp32 weights, with a bf16 base and fp32
+  adapters (`torch_dtype: bfloat16`, the fast path on a CPU with AMX/AVX512-BF16), and fp32 weights under bf16 autocast;
   full-fp32 / full-bf16-autocast: full fine-tuning, fp32 master weights, without and with `bf16: true`.
 Real tokens/s counts non-padding tokens between the end of the warm-up steps and the last step. `loss max|d|` is the
 largest per-step loss difference from the fp32 row of the same method over all steps; `--noise` adds a fp32 row with
@@ -25,7 +25,7 @@ CONFIG = os.path.join(ROOT, "examples", "quickstart_lora_sft.yaml")
 FULL = ["finetuning_type=full", "learning_rate=1e-5"]
 VARIANTS = [
     ("lora-fp32", ["torch_dtype=float32"]),
-    ("lora-bf16-auto", ["torch_dtype=auto"]),
+    ("lora-bf16-weights", ["torch_dtype=bfloat16"]),
     ("lora-bf16-autocast", ["torch_dtype=float32", "bf16=true"]),
     ("full-fp32", [*FULL, "torch_dtype=float32"]),
     ("full-bf16-autocast", [*FULL, "torch_dtype=float32", "bf16=true"]),
