@@ -37,8 +37,8 @@ if [ "${SKIP_PEER:-0}" != 1 ]; then
   bash "$PEER_SH" | tail -1 > "$PEER_DIR/vs_peer_gc.txt"
   bash "$PEER_SH" disable_gradient_checkpointing=true | tail -1 > "$PEER_DIR/vs_peer_nogc.txt"
   if [ $BF16 = 1 ]; then
-    bash "$PEER_SH" bf16=true | tail -1 > "$PEER_DIR/vs_peer_bf16_gc.txt"
-    bash "$PEER_SH" bf16=true disable_gradient_checkpointing=true | tail -1 > "$PEER_DIR/vs_peer_bf16_nogc.txt"
+    bash "$PEER_SH" bf16=true use_cpu=true | tail -1 > "$PEER_DIR/vs_peer_bf16_gc.txt"
+    bash "$PEER_SH" bf16=true use_cpu=true disable_gradient_checkpointing=true | tail -1 > "$PEER_DIR/vs_peer_bf16_nogc.txt"
   fi
 fi
 exec "$PY" "$ROOT/benchmarks/vs_llamafactory_tf.py" --data "$DATA" --model "$PEER_DIR/smollm2-hf" --peer-dir "$PEER_DIR" \

@@ -169,3 +169,22 @@ def test_tuneforge_estimate_covers_the_stage(capsys):
                  "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert "generation KV cache" in report["detail"]["overhead"] and "reference copy" in report["detail"]["weights"]
+
+
+def test_written_sampling_keys_reach_the_rollouts_and_greedy_is_refused(grpo_dir, tiny_model_dir, monkeypatch):
+    import trl
+
+    class Built(Exception):
+        pass
+
+    class Capture:  # stands in for GRPOTrainer: records its arguments, stops the run before any step
+        def __init__(self, *a, args=None, **kw):
+            raise Built(args)
+
+    monkeypatch.setattr(trl, "GRPOTrainer", Capture)
+    with pytest.raises(Built) as e:  # the generation section owns these keys; GRPO samples its completions with them
+        run.train(config.from_flat(flat(grpo_dir, tiny_model_dir, temperature=0.5, top_k=7, repetition_penalty=1.2)))
+    args = e.value.args[0]
+    assert (args.temperature, args.top_k, args.repetition_penalty, args.top_p) == (0.5, 7, 1.2, 1.0)  # top_p: TRL's
+    assert "temperature 0 (greedy) makes them identical" in problems(temperature=0, num_generations=2,
+                                                                      per_device_train_batch_size=2)

@@ -115,6 +115,7 @@ def describe(stage: str | None = None) -> list[KeyInfo]:
     per_stage = {s: stage_fields(s) for s in stages}
     base = set(stage_fields(None))
     train: dict[str, KeyInfo] = {}
+    sectioned = {k.name for k in out}
 
     def stage_default(s: str, key: str):
         own = STAGES[s].train_defaults if s in STAGES else {}
@@ -122,7 +123,7 @@ def describe(stage: str | None = None) -> list[KeyInfo]:
 
     for s, fields in per_stage.items():
         for key, f in fields.items():
-            if key in train:
+            if key in train or key in sectioned:  # a section owns the key in a config (GRPO's temperature: generation)
                 continue
             tp, choices, optional = _type_of(f.type)
             having = [x for x, fl in per_stage.items() if key in fl]

@@ -110,16 +110,6 @@ def _dtype(cfg, fill) -> None:
     fill("torch_dtype", *auto_dtype_of(cfg))
 
 
-def dtype_name(model_cfg, train_args: dict) -> str:
-    """The weights' dtype name (`float32`, `bfloat16`, ...): the configured one, so a resolved config answers without
-    importing torch; `auto` asks `models.loader.resolve_dtype`."""
-    if model_cfg.torch_dtype != "auto":
-        return model_cfg.torch_dtype
-    from tuneforge.models.loader import resolve_dtype
-
-    return str(resolve_dtype(model_cfg, train_args)).replace("torch.", "")
-
-
 def _resume(cfg, fill) -> None:
     if cfg.output.resume_from_checkpoint != "auto":
         return

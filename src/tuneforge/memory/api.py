@@ -67,11 +67,11 @@ def sharding_of(cfg) -> tuple[str, int]:
 def input_from_config(cfg, **overrides) -> EstimateInput:
     """The estimator's inputs for a RunConfig (batch = per-device batch, seq = cutoff_len; `options` = the method's
     section values). `overrides` set fields (None: keep)."""
-    from tuneforge.config.resolve import dtype_name as resolve_dtype  # torch-free for a resolved config
     from tuneforge.hardware import gpu_present
+    from tuneforge.precision import auto_dtype_of  # torch-free; the same answer `config.resolve` fills in
 
     args = cfg.train.args
-    dtype = str(resolve_dtype(cfg.model, args)).replace("torch.", "")
+    dtype = auto_dtype_of(cfg)[0]
     cuda = gpu_present()
     autocast = ("bfloat16" if args.get("bf16") else "float16" if args.get("fp16") else None) if dtype == "float32" else None
     sec = cfg.method_section()

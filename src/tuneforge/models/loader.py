@@ -61,7 +61,7 @@ def load_model(folder: str, model_cfg, dtype, attn_implementation: str | None = 
     (`attn_implementation` overrides the configured one, e.g. with `sdpa_packed` for packed rows)."""
     from transformers import AutoModelForCausalLM
 
-    from tuneforge.models.quantization import bnb_config
+    from tuneforge.models.quantization import bnb_config, own_unquantized
 
     quant = bnb_config(model_cfg, dtype)
     extra = {"quantization_config": quant} if quant is not None else {}
@@ -74,5 +74,7 @@ def load_model(folder: str, model_cfg, dtype, attn_implementation: str | None = 
         if "attn_implementation" in str(e) or "attention" in str(e).lower():
             raise TuneforgeError(f"attn_implementation `{model_cfg.attn_implementation}` is not available here: {str(e).splitlines()[0]}; use sdpa") from None
         raise
+    if quant is not None:
+        own_unquantized(model)  # unmaps the checkpoint: its pages would otherwise stay resident all run
     model.config.use_cache = False  # no KV cache while training
     return model

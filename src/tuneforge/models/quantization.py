@@ -41,3 +41,20 @@ def bnb_config(model_cfg, compute_dtype):
 
 def is_quantized(model) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def own_unquantized(model) -> int:
+    """Copy the tensors a quantizing load left pointing into the memory-mapped checkpoint (embeddings, norms, the head:
+    loaded without conversion when the file already has the compute dtype), so the mapping, and every file page the
+    load read, is released. Returns the bytes copied. Tied parameters stay tied (one Parameter, copied once)."""
+    import torch
+
+    copied = 0
+    with torch.no_grad():
+        for tensors in (model.parameters(), model.buffers()):
+            for t in tensors:
+                if type(t).__name__ in ("Params4bit", "Int8Params") or t.device.type != "cpu":
+                    continue
+                t.data = t.data.clone()
+                copied += t.numel() * t.element_size()
+    return copied

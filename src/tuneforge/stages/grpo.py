@@ -123,6 +123,10 @@ def build_data(cfg, tokenizer, progress=None):
     return datasets, stats, None
 
 
+# Sampling keys GRPOConfig shares with the generation section (which owns them in a config): written ones reach TRL
+SAMPLING_KEYS = frozenset({"temperature", "top_p", "top_k", "repetition_penalty"})
+
+
 def build_trainer(cfg, model, tokenizer, datasets, collator, callbacks):
     """TRL's GRPOTrainer over our model (method applied) and tokenizer, with the method's optimizer and callbacks."""
     from trl import GRPOTrainer
@@ -134,6 +138,8 @@ def build_trainer(cfg, model, tokenizer, datasets, collator, callbacks):
     args = training_arguments(cfg)
     args.trust_remote_code = cfg.model.trust_remote_code  # TRL loads a full fine-tuning's reference with it
     args.include_num_input_tokens_seen = "no"  # TRL counts the prompt and completion tokens itself
+    for key in SAMPLING_KEYS & cfg.given:  # the generation section owns these keys; GRPO's rollouts sample with them
+        setattr(args, key, getattr(cfg.generation, key))
     funcs = rewards.build(list(args.reward_funcs), dtype=model.dtype, device=args.device)
     from tuneforge.train.checkpoints import with_atomic_checkpoints
 
@@ -210,6 +216,15 @@ def _reward_model_params(folder: str, policy_shape) -> int:
         return policy_shape.total_params
 
 
+def validate(cfg) -> list:
+    """GRPO settings of the generation section it cannot sample with, as (key, message) pairs."""
+    if "temperature" in cfg.given and cfg.generation.temperature == 0:
+        return [("temperature", "GRPO samples several completions of each prompt and scores them against each other; "
+                                "temperature 0 (greedy) makes them identical: set temperature > 0 (TRL's default is 1.0)")]
+    return []
+
+
 register_stage("grpo", build_data, build_trainer, args_class=arguments_class, data_kind="prompt", packs=False, memory=memory,
+               validate=validate,
                help="GRPO and its variants (loss_type dr_grpo, dapo, bnpo, ...; GSPO with importance_sampling_level: "
                     "sequence): sampled completions of prompts scored by reward_funcs.")
