@@ -20,7 +20,7 @@ def build(model_dir, **kw):
     """The model of `model_dir` with the method of `kw` applied, and the config."""
     from transformers import AutoModelForCausalLM
 
-    cfg = config.load(None, {"output_dir": "o", **kw})
+    cfg = config.load(None, {"output_dir": "o", "model_name_or_path": model_dir, **kw})
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     return methods.get(cfg.method.finetuning_type).apply(model, cfg), cfg
 

@@ -39,28 +39,28 @@ def test_the_total_is_the_whole_process_and_tensors_only_is_still_available():
 
 def test_a_gpu_estimate_has_no_process_terms():
     r = _report(device="cuda")
-    assert r.process == r.mapped == r.load == 0
+    assert r.process == r.load == 0
 
 
 def test_a_same_dtype_load_maps_the_file_as_the_weights_and_peaks_in_training():
     r = _report(checkpoint_dtype="float32")
-    assert r.mapped == 0 and r.load == r.process + r.weights
+    assert r.load == r.process + r.weights
     assert r.phase == "train" and r.total == r.train_peak
 
 
 def test_a_converting_load_reads_the_whole_file_beside_the_weights():
     same, converted = _report(), _report(checkpoint_dtype="bfloat16")
     assert converted.load - same.load >= SMOL.total_params * 2  # the bf16 file's pages beside the fp32 weights
-    assert converted.mapped == 0 and converted.train_peak == same.train_peak
+    assert converted.train_peak == same.train_peak
 
 
-def test_a_quantized_base_over_a_same_dtype_file_keeps_the_file_mapped():
-    """SmolLM2's converted GGUF folder is fp32: the fp32 embedding points into the mapped file, which keeps every page
-    the quantizing load read (measured: RssFile 0.49 GiB after loading)."""
+def test_a_quantized_base_over_a_same_dtype_file_keeps_nothing_mapped_while_training():
+    """SmolLM2's converted GGUF folder is fp32: the loader copies the unconverted fp32 embedding off the mapped file
+    (models.quantization.own_unquantized; measured RssFile 0.16 GiB while training, 0.49 before), so training costs the
+    same as over a bf16 file; loading still reads every page."""
     kept, converted = _report(quantization_bit=4), _report(quantization_bit=4, checkpoint_dtype="bfloat16")
-    unquantized = (SMOL.total_params - SMOL.layers * SMOL.layer_linear_params) * 4
-    assert kept.mapped == pytest.approx(SMOL.total_params * 4 - unquantized)
-    assert converted.mapped == 0 and kept.train_peak - converted.train_peak == pytest.approx(kept.mapped)
+    assert kept.train_peak == converted.train_peak
+    assert kept.load - kept.process - kept.weights >= SMOL.total_params * 4
 
 
 def test_the_checkpoint_size_overrides_the_parameter_count():

@@ -34,7 +34,8 @@ def _resolved(tmp_path, hidden, *extra):
     return config.resolve(cfg)
 
 
-def test_lora_on_a_fast_bf16_cpu_stays_fp32_and_names_the_faster_opt_in(cpu, tmp_path, caplog):
+def test_with_bf16_auto_off_lora_stays_fp32_and_names_the_faster_opt_in(cpu, tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(precision, "BF16_AUTO", False)
     cpu("amx_bf16", "avx512_bf16")
     with caplog.at_level(logging.INFO, logger="tuneforge.config"):
         cfg = _resolved(tmp_path, 576, "finetuning_type=lora")
@@ -45,8 +46,8 @@ def test_lora_on_a_fast_bf16_cpu_stays_fp32_and_names_the_faster_opt_in(cpu, tmp
     assert lines == [f"resolved torch_dtype: float32 ({why})"]
 
 
-def test_with_bf16_auto_on_lora_on_a_fast_bf16_cpu_resolves_to_bf16_and_logs_why(cpu, tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(precision, "BF16_AUTO", True)
+def test_lora_on_a_fast_bf16_cpu_resolves_to_bf16_and_logs_why(cpu, tmp_path, caplog):
+    assert precision.BF16_AUTO  # the default
     cpu("amx_bf16", "avx512_bf16")
     with caplog.at_level(logging.INFO, logger="tuneforge.config"):
         cfg = _resolved(tmp_path, 576, "finetuning_type=lora")
@@ -70,6 +71,7 @@ def test_without_bf16_instructions_lora_stays_fp32_and_says_so(cpu, tmp_path):
     (["finetuning_type=lora", "bf16=true"], "autocast over fp32 weights"),
     (["finetuning_type=lora", "use_dora=true"], "DoRA and lora_dropout"),
     (["finetuning_type=lora", "lora_dropout=0.1"], "DoRA and lora_dropout"),
+    (["finetuning_type=lora", "stage=dpo"], "stage dpo keeps fp32"),
 ])
 def test_fast_bf16_cpu_keeps_fp32_where_bf16_was_not_measured_faster(cpu, tmp_path, extra, reason):
     cpu("avx512_bf16")

@@ -383,10 +383,11 @@ def _preload_allocator(args: list[str]) -> None:
     """Re-execute this command once with tcmalloc/jemalloc/mimalloc preloaded when the run's `allocator` asks for it."""
     from tuneforge.config import parse_overrides, read_yaml
     from tuneforge.config.errors import ConfigError
-    from tuneforge.train import allocator
+    from tuneforge.train import allocator, onednn
 
     if args and args[0].startswith("--help"):
         return
+    onednn.bound_primitive_cache()  # before torch loads; the re-executed process and torchrun's ranks inherit it
     path, overrides = _split_args(args)
     try:
         flat = {**(read_yaml(path) if path else {}), **parse_overrides(overrides)}

@@ -33,7 +33,10 @@ def test_evaluation_gives_the_same_numbers_twice(tmp_path, monkeypatch):
 def test_lora_on_the_training_split_raises_held_out_accuracy(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "run"
-    assert main(["train", "examples/marrowick_lora_pt.yaml", f"output_dir={out}", "disable_tqdm=true"]) == 0
+    # fp32 on every host: `auto` picks bf16 on AMX CPUs, and 20 questions after 48 steps swing with any change of the
+    # numbers (4 seeds: 45-65% in fp32, 30-55% in bf16; the bf16 adapters scored as well in fp32: precision.py)
+    assert main(["train", "examples/marrowick_lora_pt.yaml", f"output_dir={out}", "disable_tqdm=true",
+                 "torch_dtype=float32"]) == 0
     before, after = accuracy(str(out / "eval_before")), accuracy(str(out / "eval_after"))
     print(f"marrowick_test accuracy: before {before['accuracy']} after {after['accuracy']}")
     # measured: 30.0 before (the base model guesses), 65.0 after 48 steps (2 CPU cores, fp32)

@@ -101,12 +101,11 @@ class MemoryReport:
     overlap: float = 0.0  # bytes that never coexist (gradients fill as backward frees activations)
     known: bool = True
     process: float = 0.0  # CPU: interpreter, libraries and tokenizer before the model loads
-    mapped: float = 0.0  # CPU: checkpoint file pages still resident while training
     load: float = 0.0  # CPU: the peak while the model loads (process included); 0 when not modelled
 
     @property
     def train_peak(self) -> float:
-        return self.process + self.mapped + self.weights + self.gradients + self.optimizer + self.activations + self.overhead - self.overlap
+        return self.process + self.weights + self.gradients + self.optimizer + self.activations + self.overhead - self.overlap
 
     @property
     def total(self) -> float:
@@ -122,7 +121,7 @@ class MemoryReport:
         out = {f"{k}_gib": round(getattr(self, k) / GIB, 3) for k in ("weights", "gradients", "optimizer", "activations", "overhead")}
         out["total_gib"] = round(self.total / GIB, 3)
         out["overlap_gib"] = round(self.overlap / GIB, 3)
-        out.update(process_gib=round(self.process / GIB, 3), mapped_gib=round(self.mapped / GIB, 3),
+        out.update(process_gib=round(self.process / GIB, 3),
                    load_peak_gib=round(self.load / GIB, 3), train_peak_gib=round(self.train_peak / GIB, 3), peak_phase=self.phase)
         out.update(trainable_params=self.trainable_params, total_params=self.total_params, convention=self.convention,
                    known=self.known, detail=self.detail)
@@ -355,21 +354,17 @@ def _malloc(x: EstimateInput) -> str:
 
 
 def _add_process(report: MemoryReport, shape: ModelShape, x: EstimateInput) -> None:
-    """The whole process on the CPU: its baseline, file pages still mapped while training, and the load-time peak."""
+    """The whole process on the CPU: its baseline and the load-time peak (no file pages stay mapped while training: a
+    same-dtype load maps the weights themselves, counted as weights; a converting or quantizing load copies every tensor)."""
     file_dtype = x.checkpoint_dtype or x.dtype
     file_bytes = x.checkpoint_bytes if x.checkpoint_bytes is not None else shape.total_params * BYTES.get(file_dtype, 4)
     same = file_dtype == x.dtype
     quantized = bool(x.quantization_bit)
-    unquantized = (shape.total_params - shape.layers * shape.layer_linear_params) * BYTES[x.dtype]
     report.process = process.BASELINE[_malloc(x)]
-    report.mapped = process.mapped_in_training(file_bytes, same, quantized, unquantized)
     largest = max(a * b for a, b in shape.linears().values()) * 4
     above, how = process.load_peak(report.weights, file_bytes, same, quantized, largest)
     report.load = report.process + above
     report.detail["process"] = f"{_malloc(x)}: interpreter, libraries and tokenizer {report.process / GIB:.2f} GiB"
-    if report.mapped:
-        report.detail["mapped"] = (f"{report.mapped / GIB:.2f} GiB of checkpoint pages stay mapped: unquantized tensors "
-                                   f"point into the {file_dtype} file")
     report.detail["load"] = f"{report.load / GIB:.2f} GiB while loading: {how}"
 
 
@@ -406,7 +401,6 @@ def describe(report: MemoryReport, available: float | None = None) -> str:
              f"{'overhead':<12}{report.overhead / GIB:>9.2f} GiB  {report.detail.get('overhead', '')}",
              *([f"{'overlap':<12}{-report.overlap / GIB:>9.2f} GiB  {report.detail.get('overlap', '')}"] if report.overlap else []),
              *([f"{'process':<12}{report.process / GIB:>9.2f} GiB  {report.detail.get('process', '')}"] if report.process else []),
-             *([f"{'mapped':<12}{report.mapped / GIB:>9.2f} GiB  {report.detail.get('mapped', '')}"] if report.mapped else []),
              *([f"{'load peak':<12}{report.load / GIB:>9.2f} GiB  {report.detail.get('load', '')}"] if report.load else []),
              f"{'total':<12}{report.total / GIB:>9.2f} GiB" + (f"  (peak while {'loading' if report.phase == 'load' else 'training'})"
                                                                if report.load else "") + (f"  of {available / GIB:.1f} GiB available "

@@ -1,5 +1,6 @@
 """The whole training process around its tensors, on the CPU: the interpreter and libraries, the checkpoint's file pages
-(counted in RSS while the model loads, and after it where tensors still point into the mapped file) and what each
+(counted in RSS while the model loads; a quantizing load copies the tensors it leaves unconverted off the file, so
+none stay mapped while training) and what each
 malloc keeps of the freed activations. Turns the tensor estimate into the peak RSS `/usr/bin/time -v` reports.
 
 Constants were measured on this project's CPU machines (benchmarks/estimator_accuracy.py; README "Memory estimate").
@@ -60,15 +61,6 @@ def checkpoint_of(folder: str) -> Checkpoint | None:
                 by_dtype[meta.get("dtype", "?")] = by_dtype.get(meta.get("dtype", "?"), 0) + end - start
     dominant = max(by_dtype, key=by_dtype.get) if by_dtype else "?"
     return Checkpoint(total, SAFETENSORS_DTYPES.get(dominant, dominant.lower()))
-
-
-def mapped_in_training(file_bytes: float, same_dtype: bool, quantized: bool, unquantized_bytes: float) -> float:
-    """File pages still resident while training, beyond the weights already counted. A tensor loaded without conversion
-    points into the mapped file, which keeps the whole mapping (every page the load read) alive: with a quantized base
-    that is the whole checkpoint less the unquantized tensors (counted as weights). Converted loads unmap it."""
-    if quantized and same_dtype:
-        return max(0.0, file_bytes - unquantized_bytes)
-    return 0.0
 
 
 def load_peak(weights: float, file_bytes: float, same_dtype: bool, quantized: bool, largest_tensor: float) -> tuple[float, str]:

@@ -109,10 +109,10 @@ def check(cfg, folder: str, stats: dict | None, events=None):
             events.emit("memory", known=False, reason=report.detail.get("unknown"), batch=batch.what)
         return report
     log.info("memory estimate: %.2f GiB, peak while %s (weights %.2f, gradients %.2f, optimizer %.2f, activations %.2f, "
-             "overhead %.2f, process %.2f, mapped file %.2f; loading %.2f) of %.1f GiB %s available; largest batch: %s",
+             "overhead %.2f, process %.2f; loading %.2f) of %.1f GiB %s available; largest batch: %s",
              report.total / GIB, "loading" if report.phase == "load" else "training", report.weights / GIB,
              report.gradients / GIB, report.optimizer / GIB, report.activations / GIB, report.overhead / GIB,
-             report.process / GIB, report.mapped / GIB, report.load / GIB, available / GIB, what, batch.what)
+             report.process / GIB, report.load / GIB, available / GIB, what, batch.what)
     if events is not None:
         events.emit("memory", known=True, total_gib=round(report.total / GIB, 3), available_gib=round(available / GIB, 3),
                     peak_phase=report.phase, batch=batch.what)
