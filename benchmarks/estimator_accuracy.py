@@ -6,7 +6,7 @@ tuned (`allocator=system` with TUNED_GLIBC below), tcmalloc (`allocator=tcmalloc
 wheel's library in LD_PRELOAD). The estimate is the estimator's for the same config and malloc (`memory.estimate`),
 computed here, so `--load` re-renders saved measurements against the current estimator.
 
-Models (all pinned to torch_dtype=float32): SmolLM2-135M-Instruct (fp32 safetensors converted from its GGUF); a tiny
+Models (pinned to torch_dtype=float32, except the bf16 LoRA rows `auto` gives a CPU with AMX/AVX512-BF16): SmolLM2-135M-Instruct (fp32 safetensors converted from its GGUF); a tiny
 random GQA Llama (fp32 file); a random ~320M Llama written in bf16 (loading converts it to fp32). Methods include
 issue 18's user configurations on SmolLM2: LoRA on q_proj,v_proj with checkpointing, full fine-tuning and QLoRA 4-bit.
 Every batch is exactly batch x cutoff tokens (long rows, truncated). Rows are marked `fit` when their configuration
@@ -43,6 +43,8 @@ METHODS = {
     "full": ["finetuning_type=full"],
     "qlora4": ["finetuning_type=lora", "quantization_bit=4"],
     "qlora8": ["finetuning_type=lora", "quantization_bit=8"],
+    "lora_bf16": ["finetuning_type=lora", "torch_dtype=bfloat16"],  # what `auto` picks on a CPU with AMX/AVX512-BF16
+    "lora_bf16_gc": ["finetuning_type=lora", "torch_dtype=bfloat16", "gradient_checkpointing=true"],
 }
 # glibc with its tunables set (fixed thresholds: freed tensors go back to the system instead of staying in the heap)
 TUNED_GLIBC = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "134217728"}
@@ -54,8 +56,9 @@ ROWS = ([f"smollm2:{m}:glibc" for m in ("lora", "lora_qv_gc", "full", "qlora4")]
            "smollm2:full:tcmalloc", "smollm2:full:mimalloc", "smollm2:qlora4:tcmalloc", "smollm2:lora_qv_gc:mimalloc",
            "smollm2:full:glibc-tuned", "smollm2:qlora4:mimalloc", "smollm2:lora_qv_gc:tcmalloc", "smollm2:qlora4:glibc-tuned"]
         + [f"llama350m:{m}:{a}" for m in ("lora", "qlora4") for a in ("glibc", "tcmalloc")]
-        + [f"gqa:{m}:{a}" for m in ("lora", "full") for a in ALLOCATORS])
-FIT = {"smollm2:lora", "smollm2:full", "gqa:lora", "gqa:full"}  # configurations the constants were chosen on
+        + [f"gqa:{m}:{a}" for m in ("lora", "full") for a in ALLOCATORS]
+        + ["smollm2:lora_bf16:mimalloc", "smollm2:lora_bf16_gc:mimalloc", "smollm2:lora_bf16:glibc", "smollm2:lora_bf16_gc:tcmalloc"])
+FIT = {"smollm2:lora", "smollm2:full", "gqa:lora", "gqa:full", "smollm2:lora_bf16"}  # configurations the constants were chosen on
 WORDS = ("the model learns from long rows of text so that every batch is exactly full and the memory estimate "
          "can be checked against what the process really holds while it trains on the processor").split()
 
@@ -205,7 +208,7 @@ def main():
 
 def report(measured: dict, folders: dict, data: str) -> None:
     load = os.getloadavg()
-    print(f"estimate vs whole-process peak RSS (GNU time), CPU ({os.cpu_count()} CPUs, load {load[0]:.2f}), torch_dtype=float32, "
+    print(f"estimate vs whole-process peak RSS (GNU time), CPU ({os.cpu_count()} CPUs, load {load[0]:.2f}), torch_dtype=float32 (bf16 rows: bfloat16), "
           f"{'/'.join(sorted({str(m.get('steps', '?')) for m in measured.values()}))} steps; tuned glibc = {' '.join(f'{k}={v}' for k, v in TUNED_GLIBC.items())}")
     print(f"{'model':<11}{'method':<12}{'malloc':<13}{'estimate':>9}{'phase':>7}{'measured':>10}{'anon':>7}{'file':>7}"
           f"{'error %':>9}  set")

@@ -329,6 +329,9 @@ def estimate_shape(shape: ModelShape, x: EstimateInput, convention: str = "reali
         overhead = process.RUNTIME + process.RETENTION[_malloc(x)] * acts + 0.02 * (weights + grads + opt)
         detail["overhead"] = (f"runtime {process.RUNTIME / GIB:.2f} GiB + {_malloc(x)} keeps "
                               f"{process.RETENTION[_malloc(x)]:.0%} of activations + 2% of the rest")
+        if "bfloat16" in (x.dtype, x.autocast):
+            overhead += process.ONEDNN_BF16
+            detail["overhead"] += f" + oneDNN's bf16 primitives and scratch {process.ONEDNN_BF16 / GIB:.2f} GiB"
     else:  # CUDA: the context (outside torch's allocator). CPU: tokenizer, datasets and Trainer objects in the process.
         context = 0.5 * GIB if x.device == "cuda" else CPU_FRAMEWORK * GIB
         overhead = context + SLACK * acts + 0.02 * (weights + grads + opt)
