@@ -72,6 +72,7 @@ def test_without_bf16_instructions_lora_stays_fp32_and_says_so(cpu, tmp_path):
     (["finetuning_type=lora", "use_dora=true"], "DoRA and lora_dropout"),
     (["finetuning_type=lora", "lora_dropout=0.1"], "DoRA and lora_dropout"),
     (["finetuning_type=lora", "stage=dpo"], "stage dpo keeps fp32"),
+    (["finetuning_type=lora", "bf16=false"], "the config says bf16: false"),  # LLaMA-Factory configs write it
 ])
 def test_fast_bf16_cpu_keeps_fp32_where_bf16_was_not_measured_faster(cpu, tmp_path, extra, reason):
     cpu("avx512_bf16")

@@ -75,6 +75,8 @@ def _why_not_bf16(model_cfg, train_args: dict, method, hidden: int | None, stage
         return "DoRA and lora_dropout leave the fused LoRA forward, where bf16 was not measured faster"
     if train_args.get("bf16") or train_args.get("fp16"):
         return "bf16/fp16: true asks for autocast over fp32 weights"
+    if train_args.get("bf16") is False:
+        return "the config says bf16: false"
     if hidden is None:
         return "the model's hidden size is unknown"
     if hidden < MIN_BF16_HIDDEN:
