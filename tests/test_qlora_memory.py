@@ -57,16 +57,20 @@ def test_peak_rss_is_this_programs_own():
     assert inherited > 0.25 > 0.2 > own
 
 
-def test_a_quantizing_load_leaves_nothing_in_the_mapped_checkpoint(wide_model_dir):
+def test_a_quantizing_load_leaves_nothing_in_the_mapped_checkpoint(tmp_path):
     """The random folder is fp32 like the compute dtype: the embedding, norms and head load without conversion, which
-    would keep the safetensors file mapped (every page the load read resident all run); the loader copies them off."""
+    would keep the safetensors file mapped (every page the load read resident all run); the loader copies them off.
+    The folder is this test's own: models other tests keep alive may map a shared fixture's file."""
     import gc
     import os
 
     import torch
 
+    from conftest import make_model_dir
     from tuneforge import config
     from tuneforge.models.loader import load_model
+
+    wide_model_dir = make_model_dir(tmp_path / "wide", layers=6, hidden=64, intermediate=256)
 
     cfg = config.from_flat({"model_name_or_path": wide_model_dir, "output_dir": "o", "quantization_bit": 4})
     model = load_model(wide_model_dir, cfg.model, torch.float32)
