@@ -22,12 +22,10 @@ import glob
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
-import time
 
-from worker import status_kib
+from worker import run_sampled
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2**30
@@ -134,23 +132,9 @@ def measure(row: str, folders: dict, data: str, steps: int, workdir: str) -> dic
     time_file = out + ".time"
     cmd = ["/usr/bin/time", "-v", "-o", time_file, os.path.join(os.path.dirname(sys.executable), "tuneforge"), "train",
            *train_args(model, method, folders[model], data, steps), *keys, f"output_dir={out}"]
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env=env, text=True)
-        anon = file = 0
-        child = None
-        while proc.poll() is None:
-            if child is None:  # GNU time's child: `tuneforge` (the same pid after it re-executes itself)
-                try:
-                    child = int(open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()[0])
-                except (OSError, IndexError, ValueError):
-                    pass
-            if child:
-                anon = max(anon, status_kib(child, "RssAnon"))
-                file = max(file, status_kib(child, "RssFile"))
-            time.sleep(0.2)
-        err.seek(0)
-        stderr = err.read()
-    if proc.returncode != 0:
+    returncode, stderr, peaks = run_sampled(cmd, ROOT, ("RssAnon", "RssFile"), 0.2, env=env, under_time=True)
+    anon, file = peaks["RssAnon"], peaks["RssFile"]
+    if returncode != 0:
         print(f"{row} failed\n{stderr[-2000:]}", file=sys.stderr)
         return None
     with open(time_file) as fh:

@@ -25,12 +25,10 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 
-from worker import status_kib
+from worker import run_sampled
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2**30
@@ -115,15 +113,9 @@ def run_one(model: str, row: str, source: str, spec: dict, out: str) -> dict | N
             "learning_rate=1e-4", "logging_steps=1", "save_strategy=no", "disable_tqdm=true", "plot_loss=false",
             "torch_dtype=float32", "group_by_length=true", f"output_dir={out}", *ROWS[row][1]]
     cmd = [os.path.join(os.path.dirname(sys.executable), "tuneforge"), "train", *args]
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, text=True)
-        anon = 0
-        while proc.poll() is None:  # the same pid after `tuneforge` re-executes itself under tcmalloc
-            anon = max(anon, status_kib(proc.pid, "RssAnon"))
-            time.sleep(0.25)
-        err.seek(0)
-        stderr = err.read()
-    if proc.returncode != 0:
+    returncode, stderr, peaks = run_sampled(cmd, ROOT, ("RssAnon",), 0.25)  # same pid after re-executing under a malloc
+    anon = peaks["RssAnon"]
+    if returncode != 0:
         print(f"{model}:{row} failed\n{stderr[-2000:]}", file=sys.stderr)
         return None
     found = re.search(r"memory estimate: ([0-9.]+) GiB(?:, peak while (\w+))?", stderr)

@@ -45,3 +45,29 @@ def status_kib(pid: int, field: str) -> int:
             return next(int(line.split()[1]) for line in fh if line.startswith(field + ":"))
     except (OSError, StopIteration, ValueError):
         return 0
+
+
+def run_sampled(cmd: list[str], cwd: str, fields: tuple[str, ...], interval: float, env: dict | None = None,
+                under_time: bool = False) -> tuple[int, str, dict[str, int]]:
+    """Run `cmd` (stdout discarded), sampling the largest `/proc/<pid>/status` figures of `fields` (KiB) every
+    `interval` s: (return code, stderr, {field: peak KiB}). `under_time`: `cmd` is GNU time, so the figures are its
+    child's (`tuneforge` keeps its pid when it re-executes itself under another malloc)."""
+    import tempfile
+    import time
+
+    peaks = dict.fromkeys(fields, 0)
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err, env=env, text=True)
+        pid = None if under_time else proc.pid
+        while proc.poll() is None:
+            if pid is None:
+                try:
+                    pid = int(open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()[0])
+                except (OSError, IndexError, ValueError):
+                    pass
+            if pid:
+                for field in fields:
+                    peaks[field] = max(peaks[field], status_kib(pid, field))
+            time.sleep(interval)
+        err.seek(0)
+        return proc.returncode, err.read(), peaks

@@ -1,7 +1,7 @@
 """The whole training process around its tensors, on the CPU: the interpreter and libraries, the checkpoint's file pages
 (counted in RSS while the model loads; a quantizing load copies the tensors it leaves unconverted off the file, so
-none stay mapped while training) and what each
-malloc keeps of the freed activations. Turns the tensor estimate into the peak RSS `/usr/bin/time -v` reports.
+none stay mapped while training) and what each malloc keeps of the freed activations. Turns the tensor estimate into
+the peak RSS `/usr/bin/time -v` reports.
 
 Constants were measured on this project's CPU machines (benchmarks/estimator_accuracy.py; README "Memory estimate").
 """
